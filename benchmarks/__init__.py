@@ -1,0 +1,1 @@
+"""Benchmarks: end-to-end and model-only throughput against the peer baseline, and accuracy parity."""
