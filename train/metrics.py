@@ -91,19 +91,31 @@ def average_precision(y_true: np.ndarray, p: np.ndarray) -> float:
 
 
 def threshold_for_sensitivity(y_true: np.ndarray, p: np.ndarray, target: float) -> float:
-    """The largest threshold whose sensitivity (``p >= t``) is at least ``target``."""
+    """The highest operating point whose sensitivity (``p >= t``) is at least ``target``
+    (threshold placed between that score and the next lower one, see ``_with_margin``)."""
     pos = np.sort(np.asarray(p, dtype=np.float64)[np.asarray(y_true).astype(bool)])[::-1]
     if len(pos) == 0:
         raise ValueError("no positive samples to choose a threshold from")
     k = max(1, math.ceil(target * len(pos) - 1e-9))
-    return float(pos[min(k, len(pos)) - 1])
+    return _with_margin(float(pos[min(k, len(pos)) - 1]), p)
 
 
 def threshold_youden(y_true: np.ndarray, p: np.ndarray) -> float:
     """Threshold maximising sensitivity + specificity - 1."""
     fpr, tpr, thr = roc_curve(y_true, p)
     best = int(np.argmax(tpr[1:] - fpr[1:])) + 1
-    return float(thr[best])
+    return _with_margin(float(thr[best]), p)
+
+
+def _with_margin(t: float, p: np.ndarray) -> float:
+    """Move a threshold that equals a score midway down to the next lower score.
+
+    The decisions on ``p`` stay the same, but the boundary image no longer sits exactly on the
+    threshold, where any re-computation (another backend, FP16, INT8) flips it at random.
+    """
+    below = np.asarray(p, dtype=np.float64)
+    below = below[below < t]
+    return float((t + (below.max() if below.size else 0.0)) / 2)
 
 
 def threshold_sweep(y_true: np.ndarray, p: np.ndarray, thresholds=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)) -> list[dict]:

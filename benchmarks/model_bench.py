@@ -1,0 +1,88 @@
+"""Model-only throughput: the compute ceiling the end-to-end engine is measured against.
+
+Each artefact is opened with the engine's own :func:`dcx.engine.backends.open_backend`, so
+the sessions, providers and thread settings are the ones ``dcx-infer`` uses; only the input
+differs: batches prepared in memory, so no file is read or decoded. Convolutional networks
+cost the same whatever the pixel values, so seeded random unit-gray tensors stand in for
+preprocessed radiographs.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from dcx.train.errors import DcxError
+
+from .measure import summarise
+
+#: What the engine opens, by extension (a directory means: every one of these inside it).
+MODEL_SUFFIXES = (".onnx", ".plan", ".engine", ".pt")
+
+
+def expand_engines(paths: list[str | os.PathLike]) -> list[Path]:
+    """Files as given; a directory stands for the model files directly inside it, sorted."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in MODEL_SUFFIXES)
+            if not inside:
+                raise DcxError(f"no model files ({', '.join(MODEL_SUFFIXES)}) in {path}")
+            found.extend(inside)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise DcxError(f"engine not found: {path}")
+    return found
+
+
+def bench_backend(backend, batch_sizes: list[int], *, size: int | None = None, warmup: int = 2,
+                  repeat: int = 5) -> list[dict]:
+    """Latency and images/s of ``backend.infer`` per batch size (median over ``repeat`` calls)."""
+    size = size or backend.card.input_size
+    if size != backend.card.input_size:
+        raise DcxError(f"{backend.card.arch} takes {backend.card.input_size} px inputs (fixed when it was "
+                       f"exported); --size {size} needs a model exported at that size")
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for batch in batch_sizes:
+        images = torch.rand(batch, 1, size, size, generator=generator).to(backend.device)
+        for _ in range(warmup):
+            backend.infer(images)
+        latencies = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            backend.infer(images)
+            latencies.append(time.perf_counter() - start)
+        lat = summarise(latencies)
+        rows.append({"batch_size": batch, "latency_s": lat,
+                     "images_per_s": batch / lat["median"],
+                     "images_per_s_range": [batch / lat["max"], batch / lat["min"]]})
+    return rows
+
+
+def bench_model_file(path: str | os.PathLike, batch_sizes: list[int], *, size: int | None = None,
+                     warmup: int = 2, repeat: int = 5) -> dict:
+    """Open ``path`` as the engine would and benchmark it; a JSON-able record."""
+    from dcx.engine.backends import open_backend
+
+    with open_backend(path) as backend:
+        rows = bench_backend(backend, batch_sizes, size=size, warmup=warmup, repeat=repeat)
+        return {"engine": os.fspath(path), "backend": backend.name, "precision": backend.precision,
+                "arch": backend.card.arch, "input_size": backend.card.input_size,
+                "device": str(backend.device), "warmup": warmup, "repeat": repeat, "results": rows}
+
+
+def markdown(records: list[dict], machine: dict) -> str:
+    """One row per artefact and batch size."""
+    from . import report as rep
+
+    rows = [[Path(r["engine"]).name, f"{r['backend']} {r['precision']}", r["input_size"], row["batch_size"],
+             rep.fmt(row["images_per_s"]), f"{rep.fmt(row['images_per_s_range'][0])}–{rep.fmt(row['images_per_s_range'][1])}",
+             rep.fmt(1000 * row["latency_s"]["median"], 1)]
+            for r in records for row in r["results"]]
+    return "\n".join([f"### Model-only throughput (prepared tensors; {records[0]['repeat']} timed calls per row "
+                      f"after {records[0]['warmup']} warm-up)", "", f"Machine: {rep.machine_line(machine)}", "",
+                      rep.table(["artefact", "backend", "px", "batch", "images/s", "range", "latency ms"], rows), ""])

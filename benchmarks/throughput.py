@@ -1,0 +1,235 @@
+"""End-to-end throughput of ``dcx-infer`` against the peer baseline, side by side.
+
+One invocation measures, on the same files and the same weights:
+
+- **dcx**: the real ``dcx-infer`` command with its defaults (state database on, fresh output
+  folder per repetition), as a child process; images/s and time per stage come from the
+  run summary it writes, peak memory from the kernel's accounting of that child;
+- **peer**: the Deep-COVID / torchvision loop (:mod:`.peer_baseline`) on exactly the files
+  dcx scored ``ok``, also a child process (``dcx-bench peer``);
+- **model-only**: the engine's backend on prepared tensors at the engine's batch size, the
+  ceiling that end-to-end throughput is compared with.
+
+Both timed figures cover model loading through the last score, and exclude interpreter
+start-up and imports (dcx-infer's summary starts its clock before opening the model; the
+peer's clock starts before loading the checkpoint). Repetitions alternate dcx and peer runs,
+so a change in machine load hits both alike; an optional warm-up pair runs first and is
+discarded (page cache, lazily compiled kernels).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from dcx.train.errors import DcxError
+
+from . import report as rep
+from .engine_runs import cli_command, read_results, resolve_reference, run_infer
+from .measure import run_child, summarise
+from .model_bench import bench_model_file
+from .peer_baseline import PEER_BATCH_SIZE
+
+
+def measure_throughput(engine: Path, data: Path, workdir: Path, *, repeat: int = 3, warmup: bool = True,
+                       batch_size: int | None = None, limit: int | None = None, peer: bool = True,
+                       reference: Path | None = None, peer_workers: int | None = None,
+                       model_repeat: int = 5, log=lambda message: None) -> dict:
+    """Run the whole comparison; returns the JSON-able report."""
+    if not data.exists():
+        raise DcxError(f"data not found: {data}")
+    ref = resolve_reference(engine, reference) if peer else None
+    load_before = rep.machine()
+    source = _source(data, workdir, limit)
+
+    dcx_runs, peer_runs, scored = [], [], None
+    peer_list = workdir / "peer-files.txt"
+    for index in range(-1 if warmup else 0, repeat):
+        label = "warm-up" if index < 0 else f"repetition {index + 1}/{repeat}"
+        run = run_infer(engine, workdir / f"dcx-{index + 1}", batch_size=batch_size, **source)
+        log(f"{label}: dcx-infer {run.summary['images_per_s']} img/s")
+        if scored is None:
+            scored = _scored_files(run.out, peer_list)
+        if index >= 0:
+            dcx_runs.append(run)
+        if peer:
+            result = _run_peer(ref[0], peer_list, workdir / f"peer-{index + 1}.json", peer_workers)
+            log(f"{label}: peer {result['images_per_s']:.1f} img/s")
+            if index >= 0:
+                peer_runs.append(result)
+
+    first = dcx_runs[0].summary
+    log(f"model-only: {first['backend']} {first['precision']} at batch {first['batch_size']}")
+    model_only = bench_model_file(engine, [first["batch_size"]], repeat=model_repeat)
+    report = {
+        "kind": "throughput",
+        "created": rep.stamp(),
+        "machine": load_before,
+        "loadavg_after": rep.machine()["loadavg"],
+        "data": {"path": os.fspath(data), "limit": limit, "files": first["files"], "counts": first["counts"],
+                 "formats": first["formats"], "bytes_scored": _bytes(scored)},
+        "engine": {"path": os.fspath(engine), "backend": first["backend"], "precision": first["precision"],
+                   "arch": first["model"]["arch"], "input_size": first["model"]["input_size"],
+                   "batch_size": first["batch_size"], "decode_threads": first["decode_threads"],
+                   "device": first["device"]},
+        "settings": {"repeat": repeat, "warmup": warmup, "model_repeat": model_repeat},
+        "dcx": _dcx_section(dcx_runs),
+        "model_only": {**model_only["results"][0], "backend": model_only["backend"],
+                       "precision": model_only["precision"]},
+    }
+    if peer:
+        report["reference"] = {"checkpoint": os.fspath(ref[0]), "resolved_from": ref[1]}
+        report["peer"] = _peer_section(peer_runs)
+        report["peer_agreement"] = _agreement(read_results(dcx_runs[0].out), peer_runs[0])
+    report["ratios"] = _ratios(report)
+    return report
+
+
+def _source(data: Path, workdir: Path, limit: int | None) -> dict:
+    """dcx-infer's input: the folder itself, or a list of its first ``limit`` files in the
+    engine's own discovery order."""
+    if limit is None:
+        return {"archive": data}
+    from dcx.engine.discover import discover
+
+    listing = workdir / "files.txt"
+    with open(listing, "w", encoding="utf-8", errors="surrogateescape") as f:
+        taken = 0
+        for candidate in discover(data):
+            if taken == limit:
+                break
+            if candidate.error is None:
+                f.write(os.path.abspath(candidate.path) + "\n")
+                taken += 1
+    if taken == 0:
+        raise DcxError(f"no files in {data}")
+    return {"files_from": listing}
+
+
+def _scored_files(results: Path, listing: Path) -> list[str]:
+    """The files dcx scored ``ok``, in its order: the peer's input, so both see the same images."""
+    files = [row["path"] for row in read_results(results) if row["status"] == "ok"]
+    if not files:
+        raise DcxError(f"dcx-infer scored no file (see {results}); nothing to benchmark")
+    listing.write_text("".join(f"{os.path.abspath(p)}\n" for p in files), encoding="utf-8")
+    return files
+
+
+def _run_peer(checkpoint: Path, files: Path, out: Path, workers: int | None) -> dict:
+    args = ["peer", "--reference", checkpoint, "--files-from", files, "--out", out]
+    if workers is not None:
+        args += ["--workers", workers]
+    child = run_child(cli_command("dcx.benchmarks.cli", "dcx-bench", *args))
+    if child.returncode != 0:
+        tail = "\n".join(child.output.strip().splitlines()[-5:])
+        raise DcxError(f"peer baseline failed (exit {child.returncode}):\n{tail}")
+    result = json.loads(out.read_text(encoding="utf-8"))
+    result["peak_rss_bytes"] = child.peak_rss_bytes
+    result["process_wall_s"] = child.wall_s
+    return result
+
+
+def _dcx_section(runs) -> dict:
+    first = runs[0]
+    stages = {stage: summarise([r.summary["stage_s"][stage] for r in runs]) for stage in first.summary["stage_s"]}
+    return {
+        "command": first.child.command[3:],  # after "python -c CODE": the dcx-infer arguments
+        "images_per_s": summarise([r.summary["images_per_s"] for r in runs]),
+        "wall_s": summarise([r.summary["wall_s"] for r in runs]),
+        "process_wall_s": summarise([r.child.wall_s for r in runs]),
+        "peak_rss_bytes": max(r.child.peak_rss_bytes for r in runs),
+        "stage_s": stages,
+        "summaries": [r.summary for r in runs],
+    }
+
+
+def _peer_section(runs: list[dict]) -> dict:
+    first = runs[0]
+    return {
+        "style": "PIL decode + torchvision v2 transforms + DataLoader + PyTorch eager FP32",
+        "batch_size": first["batch_size"], "workers": first["workers"], "torch_threads": first["torch_threads"],
+        "images_per_s": summarise([r["images_per_s"] for r in runs]),
+        "seconds": summarise([r["seconds"] for r in runs]),
+        "load_s": summarise([r["load_s"] for r in runs]),
+        "process_wall_s": summarise([r["process_wall_s"] for r in runs]),
+        "peak_rss_bytes": max(r["peak_rss_bytes"] for r in runs),
+    }
+
+
+def _agreement(dcx_rows: list[dict], peer_run: dict) -> dict:
+    """Do dcx and the peer score alike? Not a gate (their resizers differ slightly), but a large
+    gap would mean they did not run the same weights."""
+    peer_probs = dict(zip(peer_run["files"], peer_run["probs"]))
+    classes = peer_run["classes"]
+    positive = classes.index(peer_run["positive"])
+    deltas, same_flag, same_class = [], 0, 0
+    for row in dcx_rows:
+        probs = peer_probs.get(os.path.abspath(row["path"])) if row["status"] == "ok" else None
+        if probs is None:
+            continue
+        mine = [float(row[f"p_{c}"]) for c in classes]
+        threshold = float(row["threshold"])
+        deltas.append(abs(mine[positive] - probs[positive]))
+        same_flag += (mine[positive] >= threshold) == (probs[positive] >= threshold)
+        same_class += _argmax(mine) == _argmax(probs)
+    n = len(deltas)
+    if n == 0:
+        raise DcxError("dcx and the peer scored no file in common; cannot compare them")
+    return {"files": n, "flag_agreement": same_flag / n, "class_agreement": same_class / n,
+            "max_abs_delta_p": max(deltas), "mean_abs_delta_p": sum(deltas) / n}
+
+
+def _argmax(values) -> int:
+    return max(range(len(values)), key=values.__getitem__)
+
+
+def _ratios(report: dict) -> dict:
+    dcx = report["dcx"]["images_per_s"]
+    ratios = {"dcx_over_model_only": dcx["median"] / report["model_only"]["images_per_s"]}
+    if "peer" in report:
+        peer = report["peer"]["images_per_s"]
+        pairs = [d / p for d, p in zip(dcx["values"], peer["values"])]
+        ratios["dcx_over_peer"] = dcx["median"] / peer["median"]
+        ratios["dcx_over_peer_pairs"] = summarise(pairs)
+    return ratios
+
+
+def _bytes(files: list[str]) -> int:
+    return sum(os.path.getsize(p) for p in files)
+
+
+def markdown(report: dict) -> str:
+    """The people's view: one table of rates, the ratios, and where dcx's time went."""
+    eng, dcx, data = report["engine"], report["dcx"], report["data"]
+    mo = report["model_only"]
+    title = (f"### {eng['arch']} {eng['precision'].upper()} ({eng['backend']}), {eng['input_size']} px: "
+             f"{data['counts']['ok']} images of {data['path']}")
+    rows = [[f"dcx-infer (batch {eng['batch_size']}, {eng['decode_threads']} decode threads)",
+             rep.fmt(dcx["images_per_s"]["median"]), rep.fmt_range(dcx["images_per_s"]),
+             rep.mib(dcx["peak_rss_bytes"])]]
+    if "peer" in report:
+        peer = report["peer"]
+        rows.append([f"peer: PIL + torchvision + DataLoader ({peer['workers']} workers), eager FP32, batch "
+                     f"{peer['batch_size']}", rep.fmt(peer["images_per_s"]["median"]),
+                     rep.fmt_range(peer["images_per_s"]), rep.mib(peer["peak_rss_bytes"])])
+    rows.append([f"model-only ({mo['backend']} {mo['precision']}, batch {mo['batch_size']}, prepared tensors)",
+                 rep.fmt(mo["images_per_s"]), f"{rep.fmt(mo['images_per_s_range'][0])}–"
+                 f"{rep.fmt(mo['images_per_s_range'][1])}", "–"])
+    lines = [title, "", f"Machine: {rep.machine_line(report['machine'])} (after: {report['loadavg_after']}); "
+             f"{report['settings']['repeat']} repetitions, median and min–max.", "",
+             rep.table(["run", "images/s", "range", "peak RSS"], rows), ""]
+    ratios = report["ratios"]
+    if "dcx_over_peer" in ratios:
+        lines.append(f"- dcx / peer: **{ratios['dcx_over_peer']:.2f}x** (per repetition pair "
+                     f"{rep.fmt_range(ratios['dcx_over_peer_pairs'], 2)}x)")
+        agree = report["peer_agreement"]
+        lines.append(f"- same weights check, dcx vs peer: flag agreement {agree['flag_agreement']:.1%}, "
+                     f"max |delta p| {agree['max_abs_delta_p']:.4f} (reference: {report['reference']['checkpoint']}, "
+                     f"{report['reference']['resolved_from']})")
+    lines.append(f"- dcx / model-only: **{ratios['dcx_over_model_only']:.0%}**")
+    wall = dcx["wall_s"]["median"]
+    stage_rows = [[stage, rep.fmt(s["median"], 2), f"{s['median'] / wall:.0%}"] for stage, s in dcx["stage_s"].items()]
+    lines += ["", f"dcx-infer stages (busy seconds, median; wall {wall:.2f} s; decode runs in a background "
+              "thread and overlaps inference, so shares can sum past 100%; decode = read + decode + "
+              "letterbox):", "", rep.table(["stage", "seconds", "of wall"], stage_rows), ""]
+    return "\n".join(lines)

@@ -1,0 +1,57 @@
+"""Inference backends behind one interface; the model file's extension picks the backend.
+
+=====================  ============================  ======================================
+file                   backend                       runs on
+=====================  ============================  ======================================
+``.plan``, ``.engine``  TensorRT (``dcx[gpu]``)       the NVIDIA GPU it was built for
+``.onnx``              ONNX Runtime                  CUDA provider when present, else CPU
+``.pt``                PyTorch (``dcx-train`` output)  CUDA when present, else CPU
+=====================  ============================  ======================================
+
+Example::
+
+    from dcx.engine.backends import open_backend
+
+    with open_backend("runs/r18/model.onnx", device="cpu") as backend:
+        probs, cam = backend.infer(batch)  # batch: (N, 1, S, S) float32, S = backend.card.input_size
+
+Each backend module is imported only when its file type is opened, so TensorRT (and its
+CUDA libraries) is never loaded on a machine that serves ONNX.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dcx.train.errors import DcxError
+
+from .base import DEVICES, Backend
+
+__all__ = ["Backend", "open_backend", "BACKEND_BY_SUFFIX"]
+
+BACKEND_BY_SUFFIX = {".plan": "tensorrt", ".engine": "tensorrt", ".onnx": "onnxruntime", ".pt": "pytorch"}
+
+
+def open_backend(path: str | os.PathLike, *, device: str = "auto", threads: int | None = None) -> Backend:
+    """Load the model at ``path`` on ``device`` (auto, cpu or cuda) and return its backend.
+
+    ``threads`` caps CPU threads (ONNX Runtime intra-op pool, or PyTorch's process-wide
+    pool); None uses every core this process may run on. Raises :class:`DcxError` with one
+    line for a missing, foreign or corrupt file, or a backend this machine cannot run.
+    """
+    path = Path(path)
+    kind = BACKEND_BY_SUFFIX.get(path.suffix.lower())
+    if kind is None:
+        raise DcxError(f"cannot tell the backend of {path.name}: expected a model file ending in "
+                       f"{', '.join(BACKEND_BY_SUFFIX)} (TensorRT plan, ONNX, dcx-train checkpoint)")
+    if not path.is_file():
+        raise DcxError(f"model file not found: {path}")
+    if device not in DEVICES:
+        raise DcxError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+    if kind == "tensorrt":
+        from .tensorrt_backend import TensorRTBackend as cls
+    elif kind == "onnxruntime":
+        from .onnxruntime_backend import OnnxRuntimeBackend as cls
+    else:
+        from .torch_backend import TorchBackend as cls
+    return cls(path, device=device, threads=threads)

@@ -1,0 +1,59 @@
+"""The PyTorch reference backend: a ``dcx-train`` checkpoint (``.pt``) served as is.
+
+It runs :meth:`DcxNet.scores_and_cam`, the very graph that export writes to ONNX and
+TensorRT, so every backend returns the same probabilities and the same activation map.
+
+**Why no separate Grad-CAM.** The heads of all dcx models are a 1x1 convolution over the last
+feature map A averaged over space (ResNet/DenseNet: the GAP + linear head rewritten; SqueezeNet:
+its own conv head with a ReLU). For the class logit ``y_c = mean_ij(sum_k w_ck A_kij + b_c)``
+Grad-CAM's channel weights are ``mean_ij dy_c/dA_kij = w_ck / (h w)``, hence::
+
+    Grad-CAM_c = ReLU(sum_k w_ck A_k) / (h w) = ReLU(CAM_c - b_c) / (h w)
+
+(SqueezeNet: the same times the fraction of positions where its head ReLU is open). So
+Grad-CAM is the CAM shifted by the class bias and scaled: the same pixel ordering and the
+same hottest region, which is what a heatmap shows; ``tests/test_backends.py`` checks this
+identity against autograd. Serving the CAM keeps heatmaps identical across backends.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from dcx.train.card import load_checkpoint
+from dcx.train.errors import DcxError
+from dcx.train.models import create_model
+
+from .base import Backend, torch_device
+
+
+class TorchBackend(Backend):
+    name = "pytorch"
+    precision = "fp32"
+
+    def __init__(self, path: str | os.PathLike, *, device: str = "auto", threads: int | None = None):
+        self.card, state_dict, _ = load_checkpoint(path)
+        self.device = torch_device(device)
+        if threads:
+            torch.set_num_threads(threads)  # process-wide: PyTorch has no per-model pool
+        model = create_model(self.card.arch, len(self.card.classes))
+        try:
+            model.load_state_dict(state_dict)
+        except RuntimeError as exc:
+            raise DcxError(f"{path}: weights do not fit {self.card.arch} with {len(self.card.classes)} "
+                           f"classes ({str(exc).splitlines()[0]})") from exc
+        self.model = model.to(self.device).eval()
+
+    def _infer(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            probs, cam = self.model.scores_and_cam(images.to(self.device, non_blocking=True),
+                                                   self.card.positive_index)
+        return probs.float().cpu().numpy(), cam.float().cpu().numpy()
+
+    def _release(self) -> None:
+        del self.model
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+

@@ -1,0 +1,142 @@
+"""``dcx-infer``: screen an archive of chest radiographs, one result row per file."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from dcx.train.errors import DcxError
+
+from .results import FORMATS, format_for
+from .run import ScreenOptions, screen
+
+EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_FILE_ERRORS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _default_decode_threads() -> int:
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("archive", required=False, type=click.Path(path_type=Path))
+@click.option("--engine", "engine", required=True, type=click.Path(path_type=Path),
+              help="Model file: .plan/.engine (TensorRT), .onnx (ONNX Runtime) or .pt (dcx-train checkpoint).")
+@click.option("--out", "out", type=click.Path(path_type=Path),
+              help="Result table. Default: ./<archive name>.dcx.<format> in the current directory.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS),
+              help="Output format. Default: from the --out suffix, else csv. Parquet needs pyarrow.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096),
+              help="Images per inference batch (also the decode batch).")
+@click.option("--decode-threads", default=_default_decode_threads(), show_default="CPUs, at most 8",
+              type=click.IntRange(1, 256), help="Threads decoding images.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "gpu"]),
+              help="Where to decode and infer; auto uses the GPU when one is visible.")
+@click.option("--include", multiple=True, metavar="GLOB",
+              help="Score only matching files (repeatable). A pattern without '/' matches the file "
+                   "name at any depth, one with '/' the path relative to ARCHIVE.")
+@click.option("--exclude", multiple=True, metavar="GLOB",
+              help="Leave out matching files or directories (repeatable; same rules as --include).")
+@click.option("--files-from", "files_from", metavar="LIST",
+              help="Score the paths listed in LIST, one per line ('-' = standard input), relative to "
+                   "ARCHIVE when given; listed directories are walked.")
+@click.option("--state", "state", type=click.Path(path_type=Path),
+              help="State database of finished rows. Default: <out stem>.state.sqlite beside the output.")
+@click.option("--no-state", is_flag=True, help="Keep no state: score every file, no resume.")
+@click.option("--heatmaps", type=click.Path(path_type=Path), metavar="DIR",
+              help="Write a class-activation heatmap PNG of every flagged image into DIR "
+                   "(named by a hash of the path; the 'heatmap' column links it).")
+@click.option("--include-phi", is_flag=True,
+              help="Add patient_name and patient_id columns from DICOM headers (off by default).")
+@click.option("--series-rules/--no-series-rules", default=False, show_default=True,
+              help="Score only DICOM chest radiographs (Modality CR/DX, ViewPosition PA/AP, "
+                   "BodyPartExamined CHEST); other series become 'skipped' rows.")
+@click.option("--summary", type=click.Path(path_type=Path),
+              help="Run summary JSON. Default: <out stem>.summary.json beside the output.")
+@click.option("--force", is_flag=True,
+              help="Overwrite an existing output that no state database of this output accounts for.")
+def main(archive, engine, out, fmt, batch_size, decode_threads, device, include, exclude, files_from,
+         state, no_state, heatmaps, include_phi, series_rules, summary, force):
+    """Screen ARCHIVE (a folder, searched recursively, or one file) and write one row per file:
+    DICOM UIDs, per-class probabilities, the positive-class probability, flagged
+    (p_positive >= the model's threshold), and status ok / skipped / error with the reason.
+
+    Formats are recognised by content (JPEG, PNG, TIFF, BMP, WebP, JPEG 2000, DICOM with or
+    without extension); hidden files are skipped; anything else gets an 'error' row.
+
+    Nightly runs: a state database beside the output remembers finished rows by path, size,
+    mtime and model, so a rerun scores only new or changed files, and a run stopped by Ctrl-C
+    or a crash resumes where it stopped. The output is rewritten complete on every run and
+    appears under its name only when the run finishes (meanwhile: <out>.partial).
+
+    \b
+    Examples:
+      dcx-infer --engine runs/r18/model.onnx /data/archive
+      dcx-infer --engine densenet.plan /pacs/export --out nightly.parquet --heatmaps heat/
+      dcx-infer --engine best.pt /archive --include '*.dcm' --exclude 'scratch/*' --device cpu
+      find /archive -newer stamp -type f | dcx-infer --engine model.onnx --files-from - --out new.csv
+
+    \b
+    Exit codes:
+      0    every file scored or skipped
+      3    finished, but some files are 'error' rows (the output is complete)
+      1    fatal error (bad engine file, unwritable output, ...): nothing published
+      2    bad command line
+      130  interrupted: finished rows are kept in the state database; rerun to resume
+    """
+    if archive is None and files_from is None:
+        raise click.UsageError("give an ARCHIVE folder, or --files-from LIST")
+    if archive is not None and not archive.exists():
+        raise DcxError(f"archive not found: {archive}")
+    if state is not None and no_state:
+        raise click.UsageError("--state and --no-state contradict each other")
+    if files_from not in (None, "-") and not Path(files_from).is_file():
+        raise DcxError(f"--files-from list not found: {files_from}")
+
+    out = out or Path(f"{_archive_name(archive, files_from)}.dcx.{fmt or 'csv'}")
+    state = None if no_state else (state or _beside(out, "state.sqlite"))
+    summary = summary or _beside(out, "summary.json")
+    if out.exists() and not force and not (state is not None and state.exists()):
+        raise DcxError(f"{out} exists and no state database ({state or '--no-state'}) accounts for it; "
+                       "pass --force to overwrite it")
+    if out.is_dir():
+        raise DcxError(f"--out {out} is a directory; name the result file")
+
+    options = ScreenOptions(
+        engine=engine, out=out, root=archive, files_from=files_from, fmt=fmt, include=include,
+        exclude=exclude, state=state, heatmaps=heatmaps, summary=summary, batch_size=batch_size,
+        decode_threads=decode_threads, device=device, include_phi=include_phi, series_rules=series_rules,
+        progress=sys.stderr.isatty())
+    try:
+        result = screen(options)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: finished rows are saved in {state}; run the same command again to resume"
+                   if state else "\ninterrupted (no state database: a rerun starts over)", err=True)
+        raise SystemExit(EXIT_INTERRUPTED)
+
+    counts = result["counts"]
+    click.echo(f"{result['files']} files: {counts['ok']} ok, {counts['skipped']} skipped, "
+               f"{counts['error']} errors; {result['flagged']} flagged "
+               f"({result['decoded_this_run']} read this run, {result['reused_from_state']} reused from the "
+               f"state database; {result['images_per_s']} img/s)")
+    click.echo(f"results: {out}\nsummary: {summary}")
+    if counts["error"]:
+        raise SystemExit(EXIT_FILE_ERRORS)
+
+
+def _archive_name(archive: Path | None, files_from: str | None) -> str:
+    if archive is not None:
+        resolved = archive.resolve()
+        return resolved.stem if resolved.is_file() else (resolved.name or "archive")
+    return "stdin" if files_from == "-" else Path(files_from).stem
+
+
+def _beside(out: Path, suffix: str) -> Path:
+    """``results.csv`` -> ``results.<suffix>`` in the same folder."""
+    stem = out.name[: -len(out.suffix)] if out.suffix else out.name
+    return out.with_name(f"{stem}.{suffix}")
+
+
+if __name__ == "__main__":  # python -m dcx.engine.cli (what the kill-and-resume test runs)
+    main()

@@ -1,0 +1,299 @@
+"""The result table: one row per input file, its columns, and the CSV / JSONL / Parquet writers.
+
+Columns, in order (``patient_*`` only with ``--include-phi``; ``p_<class>`` per model class):
+
+    path size mtime format study_uid series_uid sop_uid accession [patient_name patient_id]
+    p_<class>... predicted p_positive flagged threshold model_id status reason heatmap
+
+``status`` is ``ok`` (scored), ``skipped`` (not a radiograph to score, e.g. a DICOM structured
+report or a series rule) or ``error`` (could not be scored); ``reason`` says why for the
+last two. ``flagged`` is ``p_positive >= threshold`` (the convention of dcx.train.metrics).
+Scores are rounded to 6 decimals: finer than any model's meaningful precision, coarse
+enough to read.
+
+A writer writes ``<output>.partial`` and renames it onto the output only when the run
+completes (:meth:`RowWriter.commit`), so the output file is always a complete table and a
+killed run never leaves half a file under the real name. Rows are flushed batch by batch
+(CSV/JSONL), so the partial file can be watched while a run goes on.
+"""
+from __future__ import annotations
+
+import abc
+import csv
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from dcx.train.errors import DcxError
+
+FORMATS = ("csv", "jsonl", "parquet")
+STATUSES = ("ok", "skipped", "error")
+
+FILE_COLUMNS = ("path", "size", "mtime", "format")
+DICOM_COLUMNS = ("study_uid", "series_uid", "sop_uid", "accession")
+PHI_COLUMNS = ("patient_name", "patient_id")
+RESULT_COLUMNS = ("predicted", "p_positive", "flagged", "threshold", "model_id", "status", "reason", "heatmap")
+
+DECIMALS = 6
+
+
+def column_type(name: str) -> type:
+    """Value type of a column, from its name alone (so any reader can restore types)."""
+    if name == "size":
+        return int
+    if name == "flagged":
+        return bool
+    if name == "threshold" or name.startswith("p_"):
+        return float
+    return str
+
+
+@dataclass(frozen=True)
+class RowSchema:
+    """The columns of one run: fixed ones plus a probability per model class."""
+
+    classes: tuple[str, ...]
+    positive: str
+    threshold: float
+    model_id: str
+    include_phi: bool = False
+
+    def __post_init__(self):
+        if "positive" in self.classes and self.positive != "positive":
+            raise DcxError("a class named 'positive' that is not the positive class collides with "
+                           "the result column p_positive")
+
+    @classmethod
+    def for_card(cls, card, include_phi: bool = False) -> "RowSchema":
+        """The schema of a model card (:class:`dcx.train.card.ModelCard`)."""
+        return cls(tuple(card.classes), card.positive, float(card.threshold), card.model_id, include_phi)
+
+    @property
+    def columns(self) -> list[str]:
+        cols = list(FILE_COLUMNS + DICOM_COLUMNS)
+        if self.include_phi:
+            cols += PHI_COLUMNS
+        cols += [f"p_{c}" for c in self.classes if f"p_{c}" != "p_positive"]
+        return cols + list(RESULT_COLUMNS)
+
+    def row(self, path: str, size: int, mtime_ns: int, *, status: str, reason: str | None = None,
+            format: str | None = None, meta: dict | None = None, probs=None,
+            heatmap: str | None = None) -> dict:
+        """One result row. ``probs`` (K class probabilities) only for ``ok`` rows."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        meta = meta or {}
+        row = {
+            "path": display_path(path),
+            "size": int(size),
+            "mtime": _iso_utc(mtime_ns) if mtime_ns else None,
+            "format": format,
+            **{k: _text(meta.get(k)) for k in DICOM_COLUMNS},
+        }
+        if self.include_phi:
+            row.update({k: _text(meta.get(k)) for k in PHI_COLUMNS})
+        scores = {f"p_{c}": None for c in self.classes}
+        predicted = p_positive = flagged = None
+        if probs is not None:
+            values = [round(float(p), DECIMALS) for p in probs]
+            if len(values) != len(self.classes):
+                raise ValueError(f"{len(values)} probabilities for {len(self.classes)} classes")
+            scores = {f"p_{c}": v for c, v in zip(self.classes, values)}
+            predicted = self.classes[max(range(len(values)), key=values.__getitem__)]
+            p_positive = scores[f"p_{self.positive}"]
+            flagged = p_positive >= self.threshold
+        row.update(scores)
+        row.update(predicted=predicted, p_positive=p_positive, flagged=flagged, threshold=self.threshold,
+                   model_id=self.model_id, status=status, reason=reason, heatmap=heatmap)
+        return {c: row.get(c) for c in self.columns}
+
+
+def display_path(path: str) -> str:
+    """The path as valid text: bytes that are not UTF-8 (kept by Python as surrogates) are
+    shown as ``\\xNN`` escapes, so every writer (and Parquet's strict UTF-8) accepts it."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _iso_utc(mtime_ns: int) -> str:
+    return datetime.fromtimestamp(mtime_ns / 1e9, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _text(value) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+# --------------------------------------------------------------------------- writers
+
+def format_for(path: str | os.PathLike, fmt: str | None = None) -> str:
+    """The output format: ``fmt`` when given, else from the file suffix, else CSV."""
+    if fmt:
+        if fmt not in FORMATS:
+            raise DcxError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        return fmt
+    suffix = Path(path).suffix.lower().lstrip(".")
+    return {"csv": "csv", "jsonl": "jsonl", "ndjson": "jsonl", "parquet": "parquet", "pq": "parquet"}.get(suffix, "csv")
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """Where a writer puts rows until the run completes."""
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+class RowWriter(abc.ABC):
+    """Append rows batch by batch to ``<path>.partial``; :meth:`commit` renames it onto ``path``."""
+
+    def __init__(self, path: str | os.PathLike, columns: list[str]):
+        self.path = Path(path)
+        self.partial = partial_path(self.path)
+        self.columns = list(columns)
+        self.rows_written = 0
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        self._open()
+
+    def write(self, rows: Iterable[dict]) -> None:
+        rows = list(rows)
+        if rows:
+            self._write(rows)
+            self.rows_written += len(rows)
+
+    def commit(self) -> Path:
+        """Finish the file and move it onto the real output name (atomic on one file system)."""
+        self.close()
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def close(self) -> None:
+        """Finish the partial file without publishing it (an interrupted run keeps it for reading)."""
+        if not getattr(self, "_closed", False):
+            self._closed = True
+            self._close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    @abc.abstractmethod
+    def _open(self) -> None: ...
+
+    @abc.abstractmethod
+    def _write(self, rows: list[dict]) -> None: ...
+
+    @abc.abstractmethod
+    def _close(self) -> None: ...
+
+
+class CsvWriter(RowWriter):
+    def _open(self):
+        self._file = open(self.partial, "w", newline="", encoding="utf-8")
+        self._csv = csv.DictWriter(self._file, fieldnames=self.columns)
+        self._csv.writeheader()
+        self._file.flush()
+
+    def _write(self, rows):
+        self._csv.writerows(rows)
+        self._file.flush()
+
+    def _close(self):
+        self._file.close()
+
+
+class JsonlWriter(RowWriter):
+    def _open(self):
+        self._file = open(self.partial, "w", encoding="utf-8")
+
+    def _write(self, rows):
+        self._file.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        self._file.flush()
+
+    def _close(self):
+        self._file.close()
+
+
+class ParquetWriter(RowWriter):
+    """Rows are grouped into row groups of ``ROW_GROUP`` (a Parquet file is readable only once
+    closed, so flushing each small batch would only make tiny row groups)."""
+
+    ROW_GROUP = 8192
+
+    def _open(self):
+        pa, pq = _pyarrow()
+        arrow = {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}
+        self._schema = pa.schema([(c, arrow[column_type(c)]) for c in self.columns])
+        self._pa = pa
+        self._writer = pq.ParquetWriter(self.partial, self._schema)
+        self._buffer: list[dict] = []
+
+    def _write(self, rows):
+        self._buffer.extend(rows)
+        if len(self._buffer) >= self.ROW_GROUP:
+            self._flush()
+
+    def _flush(self):
+        if self._buffer:
+            self._writer.write_table(self._pa.Table.from_pylist(self._buffer, schema=self._schema))
+            self._buffer = []
+
+    def _close(self):
+        self._flush()
+        self._writer.close()
+
+
+_WRITERS = {"csv": CsvWriter, "jsonl": JsonlWriter, "parquet": ParquetWriter}
+
+
+def open_writer(path: str | os.PathLike, columns: list[str], fmt: str | None = None) -> RowWriter:
+    """A writer for ``path`` in ``fmt`` (default: from the suffix, else CSV)."""
+    return _WRITERS[format_for(path, fmt)](path, columns)
+
+
+def read_rows(path: str | os.PathLike, fmt: str | None = None) -> Iterator[dict]:
+    """Rows of a result file back as typed dicts (empty CSV cells -> None)."""
+    fmt = format_for(path, fmt)
+    if fmt == "parquet":
+        _, pq = _pyarrow()
+        for batch in pq.ParquetFile(path).iter_batches():
+            yield from batch.to_pylist()
+        return
+    with open(path, encoding="utf-8", newline="") as f:
+        if fmt == "jsonl":
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+            return
+        for raw in csv.DictReader(f):
+            yield {k: _parse_cell(k, v) for k, v in raw.items()}
+
+
+def _parse_cell(column: str, value: str):
+    if value == "":
+        return None
+    kind = column_type(column)
+    if kind is bool:
+        return value == "True"
+    return kind(value)
+
+
+def _pyarrow():
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise DcxError("Parquet output needs pyarrow: pip install 'dcx[parquet]' "
+                       "(or choose --format csv / jsonl)") from exc
+    return pa, pq
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    """Write a JSON document atomically (the run summary: readers never see half of it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,80 @@
+"""``dcx-export``: a trained checkpoint -> verified ONNX (fp32/fp16/int8) -> TensorRT plan."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dcx.train.errors import DcxError
+
+from .artefact import PRECISIONS
+from .pipeline import ExportRequest, run_export
+
+EPILOG = """\b
+Examples:
+  dcx-export --precision fp16                  newest runs/*/best.pt -> runs/<run>/<arch>-fp16.onnx
+  dcx-export runs/r18/best.pt --precision int8 --calib data/ --out r18-int8.onnx
+  dcx-export runs/r18/best.pt --precision fp16 --out r18-fp16.plan   (GPU + TensorRT)
+  dcx-export r18-fp16.onnx --out r18-fp16.plan     finish a CPU-made ONNX on the GPU box
+
+\b
+Artefacts: NAME.onnx (input "image" (N,1,S,S) unit gray; outputs "probs" (N,K) and "cam"
+(N,h,w) of the positive class), NAME.onnx.json (model card, hashes, verification), for int8
+NAME.onnx.calibration.csv (calibration images + sha256), for plans NAME.plan + NAME.plan.json
+(TensorRT version, GPU, profile). A .plan request also writes NAME.onnx beside it.
+
+\b
+Verification: fp32 must match PyTorch within 1e-4 on every probability (else the export
+fails). fp16/int8 run over the validation split recorded in the checkpoint (or --eval DATA):
+a sensitivity, specificity or AUC change above 1 point warns; --strict makes it an error.
+
+\b
+Exit status: 0 done, 1 error, 3 ONNX written and verified but no plan (this machine lacks
+TensorRT or an NVIDIA GPU; the message gives the command that finishes it there).
+"""
+
+
+def newest_checkpoint(root: Path) -> Path:
+    found = [p for p in root.glob("runs/*/best.pt") if p.is_file()]
+    if not found:
+        raise DcxError(f"no checkpoint given and no runs/*/best.pt under {root.resolve()}; pass CKPT")
+    return max(found, key=lambda p: (p.stat().st_mtime, str(p)))
+
+
+@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("source", metavar="[CKPT|MODEL.onnx]", required=False, type=click.Path(path_type=Path))
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              help="Graph precision (required for a checkpoint; an ONNX input keeps its own).")
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="INT8 calibration images (folder of class folders or manifest CSV); default: the "
+                   "training split recorded in the checkpoint. Only its training-split images are used.")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Stratified calibration sample size.")
+@click.option("--eval", "eval_data", type=click.Path(path_type=Path),
+              help="Labelled images to verify fp16/int8 on; default: the recorded validation split.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="NAME.onnx or NAME.plan; default: <arch>-<precision>.onnx beside the checkpoint, "
+                   "or MODEL.plan beside an ONNX input.")
+@click.option("--min-batch", type=click.IntRange(min=1), default=1, show_default=True, help="TensorRT profile minimum batch.")
+@click.option("--opt-batch", type=click.IntRange(min=1), default=64, show_default=True, help="TensorRT profile batch tuned for.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=256, show_default=True, help="TensorRT profile maximum batch.")
+@click.option("--workspace-gb", type=click.FloatRange(min=0.0, min_open=True), default=4.0, show_default=True,
+              help="TensorRT builder workspace limit.")
+@click.option("--timing-cache", type=click.Path(path_type=Path),
+              help="TensorRT timing cache file; default: per TensorRT version and GPU under $DCX_CACHE_DIR "
+                   "(~/.cache/dcx).")
+@click.option("--strict", is_flag=True, help="Fail (instead of warn) when fp16/int8 accuracy moves by more than 1 point.")
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+def main(source, precision, calib, calib_samples, eval_data, out, min_batch, opt_batch, max_batch, workspace_gb,
+         timing_cache, strict, force):
+    """Export a dcx checkpoint to ONNX (fp32, fp16 or INT8 Q/DQ) and, with TensorRT, to a plan.
+
+    Every export is verified against the PyTorch model before it is reported done.
+    """
+    if source is None:
+        source = newest_checkpoint(Path.cwd())
+        click.echo(f"checkpoint: {source} (newest runs/*/best.pt)")
+    request = ExportRequest(source=source, out=out, precision=precision, calib=calib, calib_samples=calib_samples,
+                            eval_data=eval_data, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+                            workspace_gb=workspace_gb, timing_cache=timing_cache, strict=strict, force=force)
+    run_export(request, echo=click.echo, warn=lambda message: click.echo(f"Warning: {message}", err=True))

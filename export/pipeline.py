@@ -1,0 +1,252 @@
+"""One export, start to finish: checkpoint -> ONNX (fp32/fp16/int8) -> verified -> TensorRT plan.
+
+``dcx-export`` parses its options into an :class:`ExportRequest` and calls :func:`run_export`.
+The order matters: ONNX artefacts are written and verified *before* the plan is attempted, so a
+CPU machine leaves complete, checked ONNX artefacts and the exact command that finishes the
+plan on a GPU machine.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import shlex
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from dcx.train.card import ModelCard, load_checkpoint
+from dcx.train.errors import DcxError
+from dcx.train.models import DcxNet, create_model
+
+from . import precision as precision_mod
+from . import samples as samples_mod
+from . import verify
+from .artefact import PRECISIONS, read_card, read_precision, sha256_file, sidecar_path, update_sidecar
+from .onnx_export import export_onnx, save_onnx_artefact
+from .tensorrt_build import EXIT_PLAN_NOT_BUILT, build_plan, tensorrt_unavailable_reason
+
+PARITY_IMAGES = 16
+
+
+@dataclass
+class ExportRequest:
+    source: Path  # a dcx checkpoint (.pt) or an ONNX file exported by dcx-export
+    out: Path | None = None  # None: default_out for a checkpoint, MODEL.plan for MODEL.onnx
+    precision: str | None = None
+    calib: Path | None = None
+    calib_samples: int = 512
+    eval_data: Path | None = None
+    min_batch: int = 1
+    opt_batch: int = 64
+    max_batch: int = 256
+    workspace_gb: float = 4.0
+    timing_cache: Path | None = None
+    strict: bool = False
+    force: bool = False
+
+    @property
+    def wants_plan(self) -> bool:
+        return self.out.suffix.lower() == ".plan"
+
+    @property
+    def onnx_out(self) -> Path:
+        return self.out.with_suffix(".onnx") if self.wants_plan else self.out
+
+
+def calibration_manifest_path(onnx_path: Path) -> Path:
+    return onnx_path.with_name(onnx_path.name + ".calibration.csv")
+
+
+def default_out(checkpoint: Path, card: ModelCard, precision: str) -> Path:
+    """Beside the checkpoint, named after architecture and precision: runs/r18/resnet18-int8.onnx."""
+    return checkpoint.parent / f"{card.arch}-{precision}.onnx"
+
+
+def run_export(req: ExportRequest, echo: Callable[[str], None], warn: Callable[[str], None]) -> Path:
+    """Do the export ``req`` describes; return the final artefact path. Raises DcxError."""
+    if req.out is not None and req.out.suffix.lower() not in (".onnx", ".plan"):
+        raise DcxError(f"--out must end in .onnx or .plan, got {req.out.name}")
+    if req.source.suffix.lower() == ".onnx":
+        return _plan_from_onnx(req, echo, warn)
+    if req.precision not in PRECISIONS:
+        raise DcxError(f"--precision is required for a checkpoint: one of {', '.join(PRECISIONS)}")
+    model, card = load_model(req.source)
+    req.out = req.out or default_out(req.source, card, req.precision)
+    _refuse_existing(req, [req.onnx_out, sidecar_path(req.onnx_out), calibration_manifest_path(req.onnx_out)]
+                     + ([req.out, sidecar_path(req.out)] if req.wants_plan else []))
+    evaluation = samples_mod.evaluation_samples(card, req.eval_data)
+    onnx_path = _write_onnx(req, model, card, echo)
+    _verify_onnx(req, onnx_path, model, card, evaluation, echo, warn)
+    if not req.wants_plan:
+        return onnx_path
+    reason = tensorrt_unavailable_reason()
+    if reason is not None:
+        raise DcxError(f"the TensorRT plan needs TensorRT and an NVIDIA GPU ({reason}), so only the verified ONNX "
+                       f"artefacts were written; finish it on a GPU machine with: {finish_command(req, onnx_path)}",
+                       exit_code=EXIT_PLAN_NOT_BUILT)
+    plan = _build(req, onnx_path, echo)
+    _verify_plan(req, plan, verify.pytorch_runner(model, card), card, evaluation, "PyTorch", echo, warn)
+    return plan
+
+
+def finish_command(req: ExportRequest, onnx_path: Path) -> str:
+    """The exact command that turns ``onnx_path`` into the requested plan on a GPU machine."""
+    parts = ["dcx-export", os.fspath(onnx_path), "--out", os.fspath(req.out),
+             "--min-batch", str(req.min_batch), "--opt-batch", str(req.opt_batch), "--max-batch", str(req.max_batch),
+             "--workspace-gb", f"{req.workspace_gb:g}"]
+    if req.eval_data is not None:
+        parts += ["--eval", os.fspath(req.eval_data)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _refuse_existing(req: ExportRequest, paths: list[Path]) -> None:
+    existing = [p for p in paths if p.exists()]
+    if existing and not req.force:
+        raise DcxError(f"{existing[0]} exists; pass --force to overwrite it")
+
+
+def load_model(checkpoint: Path) -> tuple[DcxNet, ModelCard]:
+    """The trained model of a dcx checkpoint, in eval mode; one-line errors for foreign files."""
+    card, state_dict, _ = load_checkpoint(checkpoint)
+    model = create_model(card.arch, len(card.classes), weights="none")
+    try:
+        model.load_state_dict(state_dict)
+    except Exception as exc:  # mismatched keys or shapes: a card that lies about its weights
+        raise DcxError(f"{checkpoint}: its weights do not fit a {card.arch} with {len(card.classes)} classes "
+                       f"({str(exc).splitlines()[0][:160]})") from exc
+    return model.eval(), card
+
+
+def _write_onnx(req: ExportRequest, model: DcxNet, card: ModelCard, echo) -> Path:
+    source = {"checkpoint": os.fspath(req.source), "checkpoint_sha256": sha256_file(req.source)}
+    if req.precision == "fp32":
+        path = export_onnx(model, card, req.onnx_out)
+        update_sidecar(path, source=source)
+    else:
+        import onnx
+
+        req.onnx_out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=req.onnx_out.parent, prefix=".dcx-export-") as tmp:
+            fp32 = export_onnx(model, card, Path(tmp) / "fp32.onnx")
+            if req.precision == "fp16":
+                path = save_onnx_artefact(precision_mod.to_fp16(onnx.load(os.fspath(fp32))), card, "fp16",
+                                          req.onnx_out, source=source)
+            else:
+                proto, calibration = _quantize(req, fp32, card, echo)
+                path = save_onnx_artefact(proto, card, "int8", req.onnx_out, source=source, calibration=calibration)
+    echo(f"wrote {path} ({req.precision}, sha256 {sha256_file(path)[:12]}) and {sidecar_path(path).name}")
+    return path
+
+
+def _quantize(req: ExportRequest, fp32: Path, card: ModelCard, echo):
+    chosen, origin = samples_mod.calibration_samples(card, req.calib, req.calib_samples)
+    batches = samples_mod.Batches(chosen, card)
+    proto = precision_mod.quantize_int8(fp32, (images.numpy() for images, _ in batches))
+    manifest = calibration_manifest_path(req.onnx_out)
+    with open(manifest, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "sha256"])
+        for s in batches.used:
+            writer.writerow([os.fspath(s.path), s.label, sha256_file(s.path)])
+    echo(f"calibrated ({precision_mod.CALIBRATION_METHOD}) on {len(batches.used)} images from {origin}"
+         f"{f', {len(batches.skipped)} unreadable skipped' if batches.skipped else ''}; manifest {manifest.name}")
+    calibration = {
+        "quantizer": "onnxruntime.quantization.quantize_static (QDQ, int8 symmetric, per-channel weights)",
+        "method": precision_mod.CALIBRATION_METHOD, "origin": origin, "requested": req.calib_samples,
+        "used": len(batches.used), "skipped": [{"path": os.fspath(s.path), "reason": r} for s, r in batches.skipped],
+        "manifest": manifest.name, "manifest_sha256": sha256_file(manifest)}
+    return proto, calibration
+
+
+def _parity_images(card: ModelCard, evaluation) -> tuple[torch.Tensor, str]:
+    if evaluation is not None:
+        batch = next(iter(samples_mod.Batches(evaluation[0][:PARITY_IMAGES], card, PARITY_IMAGES)), None)
+        if batch is not None:
+            return batch[0], f"{len(batch[0])} images of {evaluation[1]}"
+    images = verify.sample_images(card, 8)
+    return images, f"{len(images)} synthetic images (no evaluation data)"
+
+
+def _verify_onnx(req, onnx_path: Path, model: DcxNet, card: ModelCard, evaluation, echo, warn) -> None:
+    from dcx.engine.backends import open_backend
+
+    reference = verify.pytorch_runner(model, card)
+    with open_backend(onnx_path, device="cpu") as backend:
+        result = _verify(req, backend.infer, reference, card, evaluation, "ONNX Runtime", "PyTorch", echo, warn,
+                         exact=req.precision == "fp32", label=onnx_path.name)
+    update_sidecar(onnx_path, verification={"onnxruntime": result})
+
+
+def _verify_plan(req, plan: Path, reference, card, evaluation, reference_name, echo, warn) -> None:
+    from dcx.engine.backends import open_backend
+
+    with open_backend(plan, device="cuda") as backend:
+        result = _verify(req, backend.infer, reference, card, evaluation, "TensorRT", reference_name, echo, warn,
+                         exact=False, label=plan.name)
+    update_sidecar(plan, verification={"tensorrt": result})
+
+
+def _verify(req, candidate, reference, card, evaluation, name, reference_name, echo, warn, *, exact, label) -> dict:
+    images, what = _parity_images(card, evaluation)
+    parity = verify.parity(reference, candidate, images)
+    echo(f"{name} vs {reference_name} on {what}: max |delta p| {parity['max_abs_dprob']:.2e}, "
+         f"argmax agreement {parity['argmax_agreement']:.1%}")
+    result = {"reference": reference_name, "parity": {**parity, "images": what}}
+    if exact:
+        verify.check_fp32_parity(parity, label)
+        result["passed"] = True
+        return result
+    if evaluation is None:
+        message = (f"{label}: no validation data to verify accuracy on (the checkpoint records no validation "
+                   "split); pass --eval DATA")
+        if req.strict:
+            raise DcxError(message)
+        warn(message)
+        result["passed"] = None
+        return result
+    report = verify.accuracy(reference, candidate, card, samples_mod.Batches(evaluation[0], card))
+    report["origin"] = evaluation[1]
+    echo(f"{name} vs {reference_name} on {evaluation[1]}: {verify.describe(report)}")
+    problems = verify.accuracy_problems(report)
+    result.update(accuracy=report, passed=not problems, problems=problems)
+    if problems:
+        message = (f"{label} differs from {reference_name} by more than {100 * verify.ACCURACY_TOLERANCE:g} point "
+                   f"on {evaluation[1]}: {'; '.join(problems)}")
+        if req.strict:
+            raise DcxError(message)
+        warn(message)
+    return result
+
+
+def _build(req: ExportRequest, onnx_path: Path, echo) -> Path:
+    plan = build_plan(onnx_path, req.out, min_batch=req.min_batch, opt_batch=req.opt_batch, max_batch=req.max_batch,
+                      workspace_gb=req.workspace_gb, timing_cache=req.timing_cache)
+    echo(f"wrote {plan} (TensorRT, batch {req.min_batch}/{req.opt_batch}/{req.max_batch}) and {sidecar_path(plan).name}")
+    return plan
+
+
+def _plan_from_onnx(req: ExportRequest, echo, warn) -> Path:
+    """An ONNX artefact made elsewhere (typically on a CPU box) -> plan, verified against ONNX Runtime."""
+    req.out = req.out or req.source.with_suffix(".plan")
+    if not req.wants_plan:
+        raise DcxError(f"{req.source.name} is already ONNX; pass --out NAME.plan to build a TensorRT plan from it")
+    card = read_card(req.source)
+    graph_precision = read_precision(req.source)
+    if req.precision is not None and req.precision != graph_precision:
+        raise DcxError(f"{req.source.name} is an {graph_precision} graph and a plan takes its precision from the "
+                       f"graph; export a {req.precision} ONNX from the checkpoint first")
+    _refuse_existing(req, [req.out, sidecar_path(req.out)])
+    reason = tensorrt_unavailable_reason()
+    if reason is not None:
+        raise DcxError(f"the TensorRT plan needs TensorRT and an NVIDIA GPU ({reason}); run "
+                       f"{finish_command(req, req.source)} on a machine that has both", exit_code=EXIT_PLAN_NOT_BUILT)
+    evaluation = samples_mod.evaluation_samples(card, req.eval_data)
+    plan = _build(req, req.source, echo)
+    from dcx.engine.backends import open_backend
+
+    with open_backend(req.source, device="cpu") as onnx_runtime:
+        _verify_plan(req, plan, onnx_runtime.infer, card, evaluation, "ONNX Runtime", echo, warn)
+    return plan

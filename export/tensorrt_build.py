@@ -1,0 +1,145 @@
+"""ONNX -> TensorRT plan, and the check that a plan belongs to the machine that opens it.
+
+TensorRT is imported lazily, only here, so every other part of dcx works without it.
+Precision comes from the ONNX graph (FP16 tensors, Q/DQ INT8) because the network is
+strongly typed: on TensorRT 10 through ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``,
+on TensorRT 11 always (the flag is deprecated and ignored there; GUIDE s1).
+
+A plan is only valid for the GPU model and TensorRT version that built it, and it carries no
+model card, so its sidecar ``<plan>.json`` records both the card and the build environment;
+:func:`check_plan_compat` refuses a plan from another GPU or TensorRT version *before*
+TensorRT deserializes it (a mismatched plan can take the process down instead of failing).
+
+The timing cache (measured kernel timings) persists across builds: per TensorRT version and
+GPU under ``$DCX_CACHE_DIR`` (default ``~/.cache/dcx``), so the second build of any model on
+the same box skips most autotuning.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from dcx.train.errors import DcxError
+
+from .artefact import INPUT_NAME, read_sidecar, sha256_file, sidecar_path, write_json_atomic
+
+#: Exit status of dcx-export when the ONNX artefacts were written but the plan could not be built.
+EXIT_PLAN_NOT_BUILT = 3
+
+
+def tensorrt_unavailable_reason() -> str | None:
+    """Why no plan can be built here (one phrase), or None when TensorRT and a GPU are present."""
+    try:
+        import tensorrt  # noqa: F401
+    except (ImportError, OSError):  # also PyPI placeholder wheels and missing CUDA libraries
+        return "the tensorrt Python package is not installed"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "PyTorch sees no CUDA device"
+    return None
+
+
+def build_environment() -> dict:
+    """TensorRT version and the GPU a plan built now is tied to."""
+    import tensorrt as trt
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    return {"version": trt.__version__, "gpu_name": torch.cuda.get_device_name(),
+            "compute_capability": f"{major}.{minor}"}
+
+
+def default_timing_cache(environment: dict) -> Path:
+    root = Path(os.environ.get("DCX_CACHE_DIR", Path.home() / ".cache" / "dcx"))
+    gpu = "".join(c if c.isalnum() else "-" for c in environment["gpu_name"])
+    return root / f"tensorrt-{environment['version']}-{gpu}-sm{environment['compute_capability']}.timing-cache"
+
+
+def build_plan(onnx_path: str | os.PathLike, out: str | os.PathLike, *, min_batch: int = 1, opt_batch: int = 64,
+               max_batch: int = 256, workspace_gb: float = 4.0, timing_cache: Path | None = None) -> Path:
+    """Build ``out`` (a serialized engine) from an exported ONNX file and write ``<out>.json``."""
+    import tensorrt as trt
+
+    onnx_path, out = Path(onnx_path), Path(out)
+    source = read_sidecar(onnx_path)
+    if source is None:
+        raise DcxError(f"{onnx_path} has no sidecar {sidecar_path(onnx_path).name}; export it with dcx-export first")
+    if not 1 <= min_batch <= opt_batch <= max_batch:
+        raise DcxError(f"batch profile must satisfy 1 <= min <= opt <= max; got {min_batch}, {opt_batch}, {max_batch}")
+    environment = build_environment()
+    size = source["card"]["input_size"]
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(_strongly_typed_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(os.fspath(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise DcxError(f"TensorRT cannot parse {onnx_path}: {errors}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    profile = builder.create_optimization_profile()
+    profile.set_shape(INPUT_NAME, (min_batch, 1, size, size), (opt_batch, 1, size, size), (max_batch, 1, size, size))
+    config.add_optimization_profile(profile)
+    cache_path = timing_cache or default_timing_cache(environment)
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+
+    started = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise DcxError(f"TensorRT failed to build a plan from {onnx_path}; see the TensorRT log above")
+    build_seconds = time.perf_counter() - started
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_bytes_atomic(cache_path, config.get_timing_cache().serialize())
+    _write_bytes_atomic(out, serialized)
+
+    artefact = {**source["artefact"], "onnx_sha256": sha256_file(onnx_path), "plan_sha256": sha256_file(out),
+                "source_onnx": onnx_path.name}
+    tensorrt = {**environment, "precision": artefact["precision"], "strongly_typed": True,
+                "profile": {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch},
+                "workspace_bytes": int(workspace_gb * (1 << 30)), "timing_cache": os.fspath(cache_path),
+                "build_seconds": round(build_seconds, 1)}
+    write_json_atomic(sidecar_path(out), {"card": source["card"], "artefact": artefact, "tensorrt": tensorrt,
+                                          **{k: v for k, v in source.items() if k in ("calibration",)}})
+    return out
+
+
+def _strongly_typed_flags(trt) -> int:
+    """TensorRT 10 needs the flag; TensorRT 11 is strongly typed always and ignores it."""
+    if int(trt.__version__.split(".")[0]) >= 11:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def _write_bytes_atomic(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(memoryview(data))
+    os.replace(tmp, path)
+
+
+def check_plan_compat(plan: str | os.PathLike | dict, *, current: dict | None = None) -> None:
+    """Refuse a plan built for another GPU or TensorRT version, naming both.
+
+    ``plan`` is the plan's path (its sidecar is read) or the sidecar dict; ``current`` is
+    this machine's :func:`build_environment` (computed when omitted).
+    """
+    sidecar = plan if isinstance(plan, dict) else read_sidecar(plan)
+    name = "this plan" if isinstance(plan, dict) else Path(plan).name
+    built = (sidecar or {}).get("tensorrt")
+    if not built:
+        raise DcxError(f"{name} has no TensorRT build record in its sidecar; rebuild it with dcx-export")
+    current = current or build_environment()
+    mismatches = [label for key, label in (("version", "TensorRT version"), ("gpu_name", "GPU"),
+                                           ("compute_capability", "compute capability"))
+                  if str(built.get(key)) != str(current.get(key))]
+    if mismatches:
+        source = (sidecar.get("artefact") or {}).get("source_onnx", "MODEL.onnx")
+        raise DcxError(
+            f"{name} was built with TensorRT {built.get('version')} for {built.get('gpu_name')} "
+            f"(sm {built.get('compute_capability')}) but this machine has TensorRT {current.get('version')} and "
+            f"{current.get('gpu_name')} (sm {current.get('compute_capability')}); plans only run where they were "
+            f"built: rebuild here with dcx-export {source} --out {name}")
