@@ -8,23 +8,21 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from dcx.train.errors import DcxError
 
-from .measure import ChildRun, run_child
+from .measure import ChildRun, python_child, run_child
 
 #: dcx-infer exit codes that still mean "the run finished and wrote every row".
 FINISHED = (0, 3)
 
 
 def cli_command(module: str, prog: str, *args) -> list[str]:
-    """``python -c 'from MODULE import main; main()' ARGS`` -- what the console script runs,
-    without depending on the script being on PATH."""
-    code = f"from {module} import main; main(prog_name={prog!r})"
-    return [sys.executable, "-c", code, *map(os.fspath, args)]
+    """What the console script runs (``from MODULE import main; main()``) with ARGS, without
+    depending on the script being on PATH; measured for peak memory."""
+    return python_child(f"from {module} import main; main(prog_name={prog!r})", *args)
 
 
 @dataclass

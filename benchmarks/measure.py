@@ -1,10 +1,14 @@
-"""Measuring tools: repeated timings summarised as median and spread, and child processes
-run with their own peak memory.
+"""Measuring tools: repeated timings summarised as median and spread, and Python child
+processes run with their own peak memory.
 
 Every measured run happens in a fresh child process. That is how users run dcx (one
-``dcx-infer`` per night), it keeps one run's caches and thread pools out of the next, and it
-lets the kernel report that child's own resident-set high-water mark (``wait4``), which a
-``getrusage(RUSAGE_SELF)`` inside one long benchmark process could not separate.
+``dcx-infer`` per night), and it keeps one run's caches and thread pools out of the next.
+
+Peak memory is the child's ``VmHWM`` (resident-set high-water mark of its address space),
+read by the child itself at exit through a probe prepended to its code. The kernel's
+``ru_maxrss`` for a child (``wait4``, ``RUSAGE_CHILDREN``) cannot be used: it starts from the
+parent's resident set at fork time, so a benchmark process holding PyTorch (~0.5 GB) would
+lend every child that much.
 """
 from __future__ import annotations
 
@@ -12,8 +16,26 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+
+PEAK_FILE_ENV = "DCX_BENCH_PEAK_FILE"
+
+#: Prepended to a child's code: at interpreter exit, write VmHWM (bytes) to $DCX_BENCH_PEAK_FILE.
+PEAK_PROBE = f"""\
+import atexit as _atexit
+def _dcx_bench_peak():
+    import os
+    try:
+        with open("/proc/self/status") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        with open(os.environ["{PEAK_FILE_ENV}"], "w") as out:
+            out.write(str(kib * 1024))
+    except (OSError, KeyError, StopIteration):
+        pass
+_atexit.register(_dcx_bench_peak)
+"""
 
 
 def summarise(values: list[float]) -> dict:
@@ -37,23 +59,26 @@ class ChildRun:
     command: list[str]
     returncode: int
     wall_s: float
-    peak_rss_bytes: int  # the child's (and its waited-for descendants') resident-set maximum
+    peak_rss_bytes: int | None  # the child's own high-water mark (None where /proc is missing)
     output: str
 
 
-def run_child(command: list[str], *, env: dict | None = None) -> ChildRun:
-    """Run ``command`` to completion; wall time and the kernel's peak RSS of that very child."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    # Read the pipe before reaping so a chatty child never blocks on a full pipe.
-    output = proc.stdout.read().decode("utf-8", "replace")
-    proc.stdout.close()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return ChildRun(command, proc.returncode, wall, usage.ru_maxrss * 1024, output)  # ru_maxrss is KiB on Linux
+def python_child(code: str, *args) -> list[str]:
+    """A command running ``code`` (with the peak-memory probe) in this interpreter."""
+    return [sys.executable, "-c", PEAK_PROBE + code, *map(os.fspath, args)]
 
 
-def python_module(module: str, *args: str) -> list[str]:
-    """A command running ``python -m module args`` with this interpreter."""
-    return [sys.executable, "-m", module, *args]
+def run_child(command: list[str]) -> ChildRun:
+    """Run a :func:`python_child` command to completion: exit code, wall time, peak memory, output."""
+    with tempfile.TemporaryDirectory(prefix="dcx-bench-peak-") as tmp:
+        peak_file = os.path.join(tmp, "peak")
+        env = {**os.environ, PEAK_FILE_ENV: peak_file}
+        start = time.perf_counter()
+        proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        wall = time.perf_counter() - start
+        try:
+            with open(peak_file, encoding="ascii") as f:
+                peak = int(f.read())
+        except (OSError, ValueError):
+            peak = None
+    return ChildRun(command, proc.returncode, wall, peak, proc.stdout.decode("utf-8", "replace"))

@@ -58,11 +58,11 @@ DEFAULT_TIMEOUT_S = 600.0
 PART_ROWS = 8192
 _ADDRESS = re.compile(r"^(local|auto|ray://\S+|[\w.\-]+:\d+|\[[0-9a-fA-F:]+\]:\d+)$")
 
-ADDRESS_HELP = ("Run on Ray: 'local' (the default when --ray has no value) starts a Ray instance on "
-                "this machine; 'auto' joins the cluster this machine belongs to; HOST:PORT or "
-                "ray://HOST:PORT a remote one. Output is a folder of Parquet parts. Needs "
-                "pip install 'dcx[ray]'. Put --ray after ARCHIVE (or write --ray=local), or it takes "
-                "ARCHIVE for the address.")
+#: Help text for the CLI option, kept beside the behaviour it describes.
+RAY_HELP = ("Run on Ray: a bare --ray (put it after ARCHIVE, or write --ray=local) starts a Ray "
+            "instance on this machine; 'auto' joins this machine's cluster; HOST:PORT or "
+            "ray://HOST:PORT a remote one. Writes a folder of Parquet parts named by --out "
+            "(default format parquet). Needs pip install 'dcx[ray]'.")
 
 
 def parse_address(value: str) -> str:
@@ -87,7 +87,7 @@ def screen_on_ray(options: run.ScreenOptions, address: str = "local", *,
     card = _read_card(options.engine)
     schema = RowSchema.for_card(card, options.include_phi)
     stats = run._Stats()
-    engine = SimpleNamespace(name=None, precision=None, device=None)  # filled from the actors' replies
+    backend_info = SimpleNamespace(name=None, precision=None, device=None)  # from the actors' replies
     ray_info = {"address": address, "actors": 0}
     completed = False
     with contextlib.ExitStack() as stack:
@@ -125,13 +125,13 @@ def screen_on_ray(options: run.ScreenOptions, address: str = "local", *,
                     for f in files:
                         scored.add(f, None)
                     _keep(rows, scored, parts, stats)
-                    engine = SimpleNamespace(**json.loads(batch["engine"][0].as_py()))
+                    backend_info = SimpleNamespace(**json.loads(batch["backend"][0].as_py()))
                 ray_info["ray_s"] = round(time.perf_counter() - t0, 3)
                 pending.check_done()
             parts.commit()
             completed = True
         finally:
-            summary = run._summary(options, engine, card, stats, completed)
+            summary = run._summary(options, backend_info, card, stats, completed)
             summary.update(format="parquet parts", parts=parts.written, ray=ray_info)
             if options.summary:
                 write_json(options.summary, summary)
@@ -200,8 +200,8 @@ class _ScoreFiles:
                                     threads=None if options.device == "gpu" else 1)
         self.schema = RowSchema.for_card(self.backend.card, options.include_phi)
         self.stats = run._Stats()
-        self.engine = json.dumps({"name": self.backend.name, "precision": self.backend.precision,
-                                  "device": str(self.backend.device)})
+        self.backend_info = json.dumps({"name": self.backend.name, "precision": self.backend.precision,
+                                        "device": str(self.backend.device)})
         self._decoder_stack = contextlib.ExitStack()
         self._decoder = None
 
@@ -211,7 +211,7 @@ class _ScoreFiles:
         rows = self._score(files)
         return {"path": [os.fsencode(f.path) for f in files], "size": [f.size for f in files],
                 "mtime_ns": [f.mtime_ns for f in files], "row": [json.dumps(r) for r in rows],
-                "engine": [self.engine] * len(files)}
+                "backend": [self.backend_info] * len(files)}
 
     def _score(self, files: list[Candidate]) -> list[dict]:
         """The local run's scoring; a batch that raises is retried file by file, and a file

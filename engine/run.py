@@ -271,32 +271,36 @@ def _score(chunk: _Chunk, backend, schema: RowSchema, options: ScreenOptions, st
         t0 = time.perf_counter()
         probs, cams = backend.infer(batch.images)
         stats.add_time("infer", time.perf_counter() - t0)
-    images_of = {}
-    for image_index, todo_index in enumerate(batch.rows_of_images):
-        images_of.setdefault(todo_index, []).append(image_index)
+    image_of = {todo_index: k for k, todo_index in enumerate(batch.rows_of_images)}  # one image per file
     t0 = time.perf_counter()
-    positive = schema.classes.index(schema.positive)
     for todo_index, file_index in enumerate(chunk.todo):
         c, outcome = chunk.files[file_index], batch.outcomes[todo_index]
         meta = outcome.meta or {}
-        stats.transfer_syntaxes.update([meta["transfer_syntax"]] if meta.get("transfer_syntax") else [])
+        if meta.get("transfer_syntax"):
+            stats.transfer_syntaxes[_syntax_label(meta["transfer_syntax"])] += 1
         common = dict(format=outcome.format, meta=meta)
-        images = images_of.get(todo_index, [])
+        k = image_of.get(todo_index)
         if outcome.status != "ok":
             rows[file_index] = schema.row(c.path, c.size, c.mtime_ns, status=outcome.status,
                                           reason=outcome.reason, **common)
-        elif not images:
+        elif k is None:
             rows[file_index] = schema.row(c.path, c.size, c.mtime_ns, status="error",
                                           reason="decoder returned no image", **common)
         else:
-            # several frames of one file: the file is as suspicious as its most suspicious frame
-            best = max(images, key=lambda k: probs[k][positive])
-            row = schema.row(c.path, c.size, c.mtime_ns, status="ok", probs=probs[best], **common)
+            row = schema.row(c.path, c.size, c.mtime_ns, status="ok", probs=probs[k], **common)
             if row["flagged"] and options.heatmaps:
-                row["heatmap"] = _save_heatmap(batch.images[best], cams[best], c.path, options.heatmaps)
+                row["heatmap"] = _save_heatmap(batch.images[k], cams[k], c.path, options.heatmaps)
             rows[file_index] = row
     stats.add_time("write", time.perf_counter() - t0)
     return rows
+
+
+def _syntax_label(uid: str) -> str:
+    """``1.2.840.10008.1.2.4.50 JPEG Baseline (Process 1)``: the UID and its name."""
+    from pydicom.uid import UID
+
+    name = UID(uid).name
+    return uid if name == uid else f"{uid} {name}"
 
 
 def _reused_row(schema: RowSchema, stored: dict, c: Candidate) -> dict:

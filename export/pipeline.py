@@ -73,6 +73,8 @@ def run_export(req: ExportRequest, echo: Callable[[str], None], warn: Callable[[
         return _plan_from_onnx(req, echo, warn)
     if req.precision not in PRECISIONS:
         raise DcxError(f"--precision is required for a checkpoint: one of {', '.join(PRECISIONS)}")
+    if req.calib is not None and req.precision != "int8":
+        warn(f"--calib is only used for int8; ignored for {req.precision}")
     model, card = load_model(req.source)
     req.out = req.out or default_out(req.source, card, req.precision)
     _refuse_existing(req, [req.onnx_out, sidecar_path(req.onnx_out), calibration_manifest_path(req.onnx_out)]

@@ -42,9 +42,9 @@ def recorded_split(card: ModelCard, split: str) -> tuple[list[Sample], Path] | N
 
 
 def stratified_sample(samples: list[Sample], n: int, *, seed: int = 0) -> list[Sample]:
-    """``n`` samples with each label in proportion (largest remainder, at least one per label).
-
-    Deterministic for a seed, so two exports of one checkpoint calibrate on the same images.
+    """``n`` samples with each label in proportion (largest remainder), and at least one of
+    every label, so a rare class is never left out of calibration. Deterministic for a seed,
+    so two exports of one checkpoint calibrate on the same images.
     """
     if n >= len(samples):
         return sorted(samples, key=lambda s: str(s.path))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dcx.train.data import (ImageDataset, Sample, Unreadable, check_trainable, collate_skipping, data_fingerprint,
+from dcx.train.data import (EpochSampler, ImageDataset, Sample, Unreadable, check_trainable, collate_skipping, data_fingerprint,
                             read_samples, split_samples, write_manifest)
 from dcx.train.errors import DcxError
 from dcx.train.preprocess import Preprocess, read_unit_gray
@@ -247,3 +247,20 @@ def test_train_preset_varies_and_never_flips_by_default():
     assert all(o[..., :32].sum() > 3 * o[..., 32:].sum() for o in outs)
     flipping = TrainPreset(size=64, hflip=True)
     assert any(o[..., 32:].sum() > o[..., :32].sum() for o in (flipping(unit_gray) for _ in range(20)))
+
+
+def test_augmentation_depends_on_seed_epoch_and_index_not_on_loader_workers(tmp_path):
+    samples = read_samples(class_folders(tmp_path / "data", {"covid": 3, "normal": 3}))
+    dataset = ImageDataset(samples, ["covid", "normal"], TrainPreset(size=32))
+
+    def epoch_batches(workers: int, epoch: int, skip: int = 0):
+        sampler = EpochSampler(len(samples), seed=5)
+        sampler.set_epoch(epoch, skip=skip)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=2, sampler=sampler, num_workers=workers,
+                                             collate_fn=collate_skipping)
+        return [images for images, _, _ in loader]
+
+    in_process = epoch_batches(0, epoch=1)
+    assert all(torch.equal(a, b) for a, b in zip(in_process, epoch_batches(2, epoch=1), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(in_process[1:], epoch_batches(0, epoch=1, skip=2), strict=True))
+    assert not torch.equal(torch.cat(in_process), torch.cat(epoch_batches(0, epoch=2)))

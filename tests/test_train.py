@@ -67,7 +67,7 @@ def test_cli_run_folder_card_and_threshold(trained_run):
 
     card, state, resume = load_checkpoint(trained_run / "best.pt")
     assert resume is None and card.positive == "covid" and card.input_size == 64
-    assert card.to_dict() == json.loads((trained_run / "card.json").read_text())
+    assert json.loads(json.dumps(card.to_dict())) == json.loads((trained_run / "card.json").read_text())
     v = card.metrics["validation"]
     assert v["auc"] == max(h["val_auc"] for h in history) and v["epoch"] == card.training["best_epoch"]
     assert v["auc"] >= 0.95, f"validation AUC {v['auc']:.3f} on the synthetic archive"

@@ -215,13 +215,43 @@ class ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        """``key``: an index, or (index, augmentation seed) from :class:`EpochSampler`."""
+        i, seed = key if isinstance(key, tuple) else (key, None)
         sample = self.samples[i]
         try:
-            image = self.transform(read_unit_gray(sample.path))
+            image = read_unit_gray(sample.path)
+            if seed is None:
+                image = self.transform(image)
+            else:
+                with torch.random.fork_rng(devices=[]):  # the caller's RNG stream stays untouched
+                    torch.manual_seed(seed)
+                    image = self.transform(image)
         except (DcxError, OSError) as exc:
             return Unreadable(i, exc.message if isinstance(exc, DcxError) else f"{sample.path}: {exc}")
         return image, self.class_index[sample.label]
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Training order and augmentation as pure functions of (seed, epoch, index).
+
+    Yields (index, augmentation seed): the same run draws the same crops whatever the number
+    of loader workers, and a resumed epoch can skip the batches already done.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch, self.skip = n, seed, 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self):
+        epoch_seed = self.seed * 100_003 + self.epoch
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(epoch_seed))
+        return iter([(i, epoch_seed * 1_000_003 + i) for i in order[self.skip:].tolist()])
+
+    def __len__(self) -> int:
+        return self.n - self.skip
 
 
 def collate_skipping(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[Unreadable]]:

@@ -37,8 +37,10 @@ ARCHIVE_DICOM_VARIANTS = ("explicit-le-12bit", "monochrome1", "jpeg-baseline", "
 DICOM_VARIANTS = ARCHIVE_DICOM_VARIANTS + ("implicit-le-12bit", "jpeg-ls")
 #: Every third PNG is 16-bit, as some exporters write them.
 PNG16_EVERY = 3
-#: One patient in this many gets a second (follow-up) film, so patient-wise splits matter.
+#: Of every FOLLOW_UP_EVERY films of a class (the first ones), two are one patient's first and
+#: follow-up films, so patient-wise splits matter.
 FOLLOW_UP_EVERY = 4
+MASKS_NAME = "masks.npz"
 MANIFEST_COLUMNS = ("path", "label", "patient_id", "format", "variant", "transfer_syntax", "mask")
 
 _TS = {
@@ -87,7 +89,7 @@ def make_patient(rng: np.random.Generator, label: str) -> Patient:
     blobs, consolidation = (), ()
     if label == "covid":
         blobs = tuple(
-            (side, rng.uniform(0.3, 0.85), rng.uniform(0.5, 0.9), rng.uniform(0.08, 0.12), rng.uniform(0.8, 1.0))
+            (side, rng.uniform(0.3, 0.85), rng.uniform(0.5, 0.9), rng.uniform(0.09, 0.13), rng.uniform(0.8, 1.0))
             for side in (-1.0, 1.0)
             for _ in range(rng.integers(3, 6))
         )
@@ -166,6 +168,11 @@ def _density(p: Patient, size: int, angle: float, scale: float, shift) -> tuple[
     texture = _smooth_noise(np.random.default_rng(p.texture_seed), size, 28)
     body = _soft(1.0 - (np.abs(u / p.body_width) ** 4 + np.abs((v - 0.2) / 1.3) ** 4), 4 * eps)
 
+    # The heart lies in front of the left lung: where it projects, the film shows soft tissue.
+    hu, hv, ha, hb = p.heart
+    heart = _soft(1.0 - np.sqrt(((u - hu) / ha) ** 2 + ((v - hv) / hb) ** 2), 3 * eps)
+    aerated = 1.0 - 0.8 * heart
+
     lungs, lesion_density, lesion_score = np.zeros_like(u), np.zeros_like(u), np.zeros_like(u)
     for side, dome in ((-1.0, p.dome_right), (1.0, p.dome_left)):
         t = (u - side * p.lung_offset) * side  # lateral coordinate inside this lung
@@ -175,7 +182,7 @@ def _density(p: Patient, size: int, angle: float, scale: float, shift) -> tuple[
         medial = t + a * (0.85 - 0.15 * height)
         apex = v - p.lung_top - 0.2 * (t / a) ** 2
         diaphragm = dome - 0.10 * (1.0 - ((t + 0.1 * a) / (1.15 * a)) ** 2) - v
-        lung = _soft(np.minimum(np.minimum(lateral, medial), np.minimum(apex, diaphragm)), 2 * eps)
+        lung = _soft(np.minimum(np.minimum(lateral, medial), np.minimum(apex, diaphragm)), 2 * eps) * aerated
         lungs += lung
         if p.blobs:
             ggo = np.zeros_like(u)
@@ -186,7 +193,7 @@ def _density(p: Patient, size: int, angle: float, scale: float, shift) -> tuple[
                 bv = p.lung_top + frac * (dome - p.lung_top)
                 ggo += strength * np.exp(-((u - bu) ** 2 + (v - bv) ** 2) / np.float32(2 * sigma * sigma))
             ggo = np.minimum(ggo, 1.0) * lung
-            lesion_density += 0.30 * ggo * (0.8 + 0.2 * np.tanh(texture))
+            lesion_density += 0.38 * ggo * (0.8 + 0.2 * np.tanh(texture))
             lesion_score = np.maximum(lesion_score, ggo / 0.3)
         if p.consolidation and p.consolidation[0] == side:
             _, lower, frac, slope, strength = p.consolidation
@@ -196,8 +203,6 @@ def _density(p: Patient, size: int, angle: float, scale: float, shift) -> tuple[
             lesion_density += 0.34 * cons * (0.9 + 0.1 * np.tanh(texture))
             lesion_score = np.maximum(lesion_score, cons / 0.5)
 
-    hu, hv, ha, hb = p.heart
-    heart = _soft(1.0 - np.sqrt(((u - hu) / ha) ** 2 + ((v - hv) / hb) ** 2), 3 * eps)
     mediastinum = _soft(0.11 + 0.05 * np.clip(v + 0.3, 0, 1) - np.abs(u), 3 * eps) * _soft(v + 0.95, 4 * eps)
     spine = _soft(0.055 - np.abs(u), 2 * eps) * (0.8 + 0.2 * np.cos(np.float32(2 * np.pi / 0.09) * v))
     reach = np.abs(u)
@@ -207,9 +212,8 @@ def _density(p: Patient, size: int, angle: float, scale: float, shift) -> tuple[
     clavicle_line = p.lung_top - 0.02 - 0.18 * reach + 0.35 * reach**2
     clavicles = np.exp(-(((v - clavicle_line) / 0.025) ** 2)) * _soft(0.65 - reach, 4 * eps)
 
-    # The heart lies in front of the left lung: where it projects, the film shows soft tissue.
-    air = np.clip(lungs, 0.0, 1.0) * (1.0 - 0.8 * heart) * (1.0 + 0.06 * texture)  # + vascular markings
-    density = (0.55 * body - 0.36 * air + 0.16 * np.maximum(heart, mediastinum) + 0.08 * spine
+    air = np.clip(lungs, 0.0, 1.0) * (1.0 + 0.06 * texture)  # texture: vascular markings
+    density = (0.55 * body - 0.36 * air + 0.06 * mediastinum + 0.08 * spine
                + body * (0.05 * ribs + 0.06 * clavicles) + lesion_density
                + 0.06 * body * _soft(v - p.dome_left, 0.05))
     return density.astype(np.float32), lesion_score.astype(np.float32)
@@ -367,8 +371,12 @@ def plan_archive(n: int, classes: list[str], formats: list[str]) -> list[_Plan]:
 
 def write_archive(out: str | os.PathLike, *, n: int = 300, classes=PATTERNS, size: int = 512,
                   formats=("png",), seed: int = 0, force: bool = False, on_image=None) -> Path:
-    """Write ``n`` phantoms as ``out/<class>/<file>``, masks as ``out/masks/<stem>.png`` and
-    ``out/manifest.csv`` (paths relative to ``out``); return the manifest path.
+    """Write ``n`` phantoms as ``out/<class>/<file>`` and ``out/manifest.csv`` (paths relative
+    to ``out``); return the manifest path.
+
+    Lesion masks go to one file, ``out/masks.npz``, keyed by the manifest's ``mask`` column
+    (``np.load(out / "masks.npz")[row["mask"]]``): kept out of the image tree so that every
+    image file under ``out`` is a radiograph for tools that walk it.
 
     ``on_image()`` is called after each image (progress bars)."""
     classes, formats = list(classes), list(formats)
@@ -376,7 +384,7 @@ def write_archive(out: str | os.PathLike, *, n: int = 300, classes=PATTERNS, siz
     out = Path(out)
     plans = plan_archive(n, classes, formats)
     width = max(4, len(str(n)))
-    rows = []
+    rows, masks = [], {}
     for i, plan in enumerate(plans):
         patient = make_patient(np.random.default_rng([seed, plan.patient, 0]), plan.label)
         image, mask = render(patient, size, np.random.default_rng([seed, plan.patient, 1, i]))
@@ -384,12 +392,12 @@ def write_archive(out: str | os.PathLike, *, n: int = 300, classes=PATTERNS, siz
         stem = f"{plan.label}-{i:0{width}d}"
         rel = Path(plan.label) / f"{stem}.{plan.fmt}"
         ts = _write_image(out / rel, image, plan, seed=seed, patient_id=patient_id)
-        mask_rel = Path("masks") / f"{stem}.png"
-        _write_png(out / mask_rel, mask.astype(np.uint8) * 255)
+        masks[stem] = mask
         rows.append({"path": rel.as_posix(), "label": plan.label, "patient_id": patient_id, "format": plan.fmt,
-                     "variant": plan.variant, "transfer_syntax": ts, "mask": mask_rel.as_posix()})
+                     "variant": plan.variant, "transfer_syntax": ts, "mask": stem})
         if on_image is not None:
             on_image()
+    _write_masks(out / MASKS_NAME, masks)
     manifest = out / "manifest.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
@@ -419,7 +427,7 @@ def _check_args(out, n, classes, size, formats, force) -> None:
             raise DcxError(f"{out} is not empty; pass --force to write into it")
         import shutil
 
-        for name in ["manifest.csv", "masks", *PATTERNS]:
+        for name in ["manifest.csv", MASKS_NAME, *PATTERNS]:
             target = out / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -442,6 +450,18 @@ def _write_image(path: Path, image: np.ndarray, plan: _Plan, *, seed: int, patie
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.round(image * 255).astype(np.uint8)).save(path, format="JPEG", quality=92)
     return ""
+
+
+def _write_masks(path: Path, masks: dict[str, np.ndarray]) -> None:
+    """An ``.npz`` that ``np.load`` reads, written with fixed zip timestamps so bytes repeat."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key, mask in masks.items():
+            buf = io.BytesIO()
+            np.save(buf, mask, allow_pickle=False)
+            zf.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue(),
+                        compress_type=zipfile.ZIP_DEFLATED)
 
 
 def _write_png(path: Path, pixels: np.ndarray) -> None:

@@ -28,8 +28,8 @@ def main(out, n, classes, size, formats, seed, force):
 
     Phantom PA films (body, lungs, ribs, heart, diaphragm, noise, random pose) where
     covid = bilateral peripheral lower-zone ground-glass opacities, pneumonia = one lobar
-    consolidation, normal = neither. Each image has a lesion mask in OUT/masks/; a quarter
-    of the patients have two films. No real patient data.
+    consolidation, normal = neither. Lesion masks go to OUT/masks.npz (keyed by the manifest's
+    mask column); one patient in three has two films. No real patient data.
 
     The manifest has columns path,label,patient_id,format,variant,transfer_syntax,mask with
     paths relative to OUT. DICOM files cycle through explicit VR little endian 12-bit,

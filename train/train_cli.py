@@ -21,7 +21,8 @@ _DEFAULTS = TrainConfig(data="", out="")
 @click.option("--freeze-backbone", is_flag=True, help="Train the classifier only (the Deep-COVID setting).")
 @click.option("--epochs", type=int, default=_DEFAULTS.epochs, show_default=True)
 @click.option("--batch-size", type=int, default=_DEFAULTS.batch_size, show_default=True)
-@click.option("--lr", type=float, default=_DEFAULTS.lr, show_default=True, help="Adam learning rate (cosine decay).")
+@click.option("--lr", type=float, default=None, help="Adam learning rate, cosine-decayed per step "
+                                                     "[default: 1e-4 with pretrained weights, 1e-3 from scratch].")
 @click.option("--img-size", type=int, default=_DEFAULTS.img_size, show_default=True,
               help="Square model input; films are letterboxed, never stretched.")
 @click.option("--positive", default=_DEFAULTS.positive, show_default=True,

@@ -13,8 +13,9 @@ Design choices, recorded in the card's ``training`` dict:
 - Class imbalance: class-weighted cross-entropy (n / (K * n_k)) rather than weighted sampling,
   so every epoch still sees every image once and resuming mid-epoch stays exact.
 - Unreadable images: reported by name and skipped (see :mod:`dcx.train.data`).
-- Ctrl-C: the state at the interrupted batch goes to last.pt; the epoch's shuffled order is a
-  function of (seed, epoch), so --resume continues with the very next batch.
+- Ctrl-C: the state at the interrupted batch goes to last.pt; each epoch's order and every
+  image's augmentation are functions of (seed, epoch, index) -- not of the worker count -- so
+  --resume continues with the very next batch and the same images.
 """
 from __future__ import annotations
 
@@ -32,11 +33,11 @@ import click
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from . import metrics
 from .card import ModelCard, load_checkpoint, save_checkpoint
-from .data import (SPLITS, ImageDataset, Sample, check_trainable, class_counts, collate_skipping, data_fingerprint,
+from .data import (SPLITS, EpochSampler, ImageDataset, Sample, check_trainable, class_counts, collate_skipping, data_fingerprint,
                    inverse_frequency_weights, read_samples, split_samples, write_manifest)
 from .errors import DcxError
 from .models import create_model
@@ -54,8 +55,8 @@ class TrainConfig:
     out: str
     arch: str = "densenet121"
     epochs: int = 20
-    batch_size: int = 32
-    lr: float = 1e-4
+    batch_size: int = 16
+    lr: float | None = None  # None: 1e-4 to fine-tune pretrained weights, 1e-3 from scratch
     img_size: int = 224
     weights: str = "imagenet"
     freeze_backbone: bool = False
@@ -73,8 +74,13 @@ class TrainingInterrupted(Exception):
     """Ctrl-C during training; last.pt holds the state, the message says how to resume."""
 
 
+def cpu_count() -> int:
+    """CPUs this process may use (container limits included where the OS says)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_workers() -> int:
-    return min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return min(4, cpu_count())
 
 
 def train(config: TrainConfig, *, resume: bool = False, force: bool = False) -> Path:
@@ -100,23 +106,6 @@ class RunLog:
 
     def close(self) -> None:
         self.file.close()
-
-
-class EpochSampler(Sampler[int]):
-    """A shuffle that depends only on (seed, epoch), optionally skipping the batches already done."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch, self.skip = n, seed, 0, 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch, self.skip = epoch, skip
-
-    def __iter__(self):
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
-        return iter(order[self.skip:].tolist())
-
-    def __len__(self) -> int:
-        return self.n - self.skip
 
 
 def train_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, optimizer: torch.optim.Optimizer,
@@ -166,8 +155,10 @@ class Run:
         cuda = self.device.type == "cuda"
         self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
         workers = default_workers() if config.workers is None else config.workers
-        if self.device.type == "cpu":
-            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
+        else:
+            torch.set_num_threads(cpu_count())  # loader workers run single-threaded (DataLoader's own rule)
 
         torch.manual_seed(config.seed)
         self.model = create_model(config.arch, len(self.classes), weights=config.weights)
@@ -198,7 +189,7 @@ class Run:
         self.history: list[dict] = []
         self.best_auc, self.best_epoch = -math.inf, 0
         self.unreadable: dict[str, str] = {}
-        self.card.training.update(self._training_record(counts, workers))
+        self.card.training.update(self._training_record(counts))
         if state is not None:
             self._load_state(state)
         self.log(f"{config.arch} ({_describe_weights(config)}) on {self.device.type}"
@@ -209,6 +200,8 @@ class Run:
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def start(cls, config: TrainConfig, *, force: bool = False) -> "Run":
+        if config.lr is None:
+            config = replace(config, lr=1e-3 if config.weights == "none" else 1e-4)
         _check_config(config)
         out = Path(config.out)
         checkpoints = [name for name in (BEST, LAST) if (out / name).exists()]
@@ -247,7 +240,7 @@ class Run:
         splits = {name: _read_split(out / SPLITS_DIR / f"{name}.csv") for name in SPLITS}
         return cls(config, splits, card, {**state, "state_dict": state_dict})
 
-    def _training_record(self, counts: dict, workers: int) -> dict:
+    def _training_record(self, counts: dict) -> dict:
         c = self.config
         return {
             "splits_dir": str((self.out / SPLITS_DIR).resolve()),

@@ -1,0 +1,185 @@
+"""The DALI letterbox pipeline: encoded image bytes -> (N, 1, S, S) unit-gray tensors.
+
+One pipeline definition, :func:`letterbox_pipeline`, reproduces the preprocessing contract of
+:mod:`dcx.train.preprocess` (unit gray, letterbox with bilinear antialiasing, centred, pad 0).
+Two choices are fixed when it is built:
+
+* the **device**: ``cpu`` (``device_id=None``) or ``gpu`` (the decoder runs as ``mixed``, so JPEG
+  and JPEG 2000 decode on nvJPEG / nvJPEG2000 and everything after runs on the GPU);
+* the **kind** of input, because DALI decodes a whole batch to one type:
+
+  - ``gray8``: 8-bit single channel (most radiographs, 8-bit DICOM frames), decoded as uint8;
+  - ``rgb8``: 8-bit colour (RGB, RGBA, palette, gray + alpha), decoded as RGB; BT.601 luma in
+    float (decoding straight to gray used other weights: up to 0.059 off on cxr-dev PNGs);
+  - ``gray16``: deeper single channel (16-bit PNG/TIFF, 12-16 bit DICOM frames), decoded as
+    uint16 and clamped per sample before resizing (a DICOM window clips). Not used for 8-bit
+    data: decoding to uint16 cost ~40% more time on 2 CPU cores.
+
+Python feeds, per sample, the bytes and numbers it derived from the header (the decoder never
+trusts the decoded size silently: it is returned and checked): the letterbox geometry from the
+core :func:`~dcx.train.preprocess.letterbox_geometry`, and ``unit = scale * value + offset``.
+
+**Edges.** DALI's antialiased linear filter equals torch's (PIL's) inside the image to ~4e-6,
+but at the borders DALI repeats the edge pixel where torch renormalises the filter over the
+pixels inside; on real radiographs that moved the outermost rows by up to 0.11. So the image is
+padded with zeros, resampled through a region of interest equal to the image (the filter sees
+zeros outside), and divided by the resampled "inside" mask, computed here analytically
+(:func:`edge_normaliser`): exactly torch's renormalised weights.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dcx.train.preprocess import LUMA_WEIGHTS, letterbox_geometry
+
+KINDS = ("gray8", "rgb8", "gray16")
+_INPUTS = ("encoded", "clamp_lo", "clamp_hi", "pad_anchor", "pad_shape", "roi_start", "roi_end",
+           "resized", "gain", "offset", "box_anchor")
+
+
+def _inputs(kind: str) -> tuple[str, ...]:
+    """The external sources a pipeline of ``kind`` has (only gray16 clamps)."""
+    return _INPUTS if kind == "gray16" else tuple(n for n in _INPUTS if not n.startswith("clamp"))
+
+
+@dataclass
+class EncodedSample:
+    """One image for the pipeline: its bytes, the header's size and the value mapping.
+
+    ``unit = clip(scale * value + offset, 0, 1)`` where ``value`` is what the decoder outputs
+    (uint8 / uint16 / luma); values are first clamped to ``clamp`` (gray16 only).
+    """
+
+    data: np.ndarray  # uint8, 1-D
+    height: int
+    width: int
+    scale: float
+    offset: float = 0.0
+    clamp: tuple[float, float] = (0.0, 65535.0)
+
+
+class BatchFailed(RuntimeError):
+    """DALI refused the batch (it cannot say which sample); the pipeline was rebuilt."""
+
+
+def letterbox_pipeline(kind: str, gpu: bool, size: int, **pipeline_args):
+    """Build the pipeline for ``kind`` on the CPU or GPU (``pipeline_args``: batch_size,
+    num_threads, device_id, ...). Outputs: images (S, S, 1) float32 and decoded sizes (H, W[, C])."""
+    from nvidia.dali import fn, pipeline_def, types
+    import nvidia.dali.math as dmath
+
+    @pipeline_def(**pipeline_args)
+    def definition():
+        feed = {name: fn.external_source(name=name, batch=True) for name in _inputs(kind)}
+        on_device = {k: (v.gpu() if gpu else v) for k, v in feed.items()
+                     if k in ("clamp_lo", "clamp_hi", "gain", "offset")}
+        decoder = dict(device="mixed" if gpu else "cpu", adjust_orientation=False)
+        if kind == "rgb8":
+            rgb = fn.decoders.image(feed["encoded"], output_type=types.RGB, **decoder)
+            image = fn.coord_transform(rgb, M=list(LUMA_WEIGHTS), dtype=types.FLOAT)
+            decoded = rgb
+        else:
+            dtype = types.UINT16 if kind == "gray16" else types.UINT8
+            image = decoded = fn.decoders.image(feed["encoded"], output_type=types.GRAY, dtype=dtype, **decoder)
+            if kind == "gray16":
+                image = dmath.clamp(image, on_device["clamp_lo"], on_device["clamp_hi"])
+        image = fn.slice(image, feed["pad_anchor"], feed["pad_shape"], axes=[0, 1],
+                         out_of_bounds_policy="pad", fill_values=0)
+        image = fn.resize(image, size=feed["resized"], roi_start=feed["roi_start"], roi_end=feed["roi_end"],
+                          interp_type=types.INTERP_LINEAR, antialias=True, dtype=types.FLOAT)
+        image = image * on_device["gain"] + on_device["offset"]
+        image = fn.slice(image, feed["box_anchor"], [size, size], axes=[0, 1],
+                         out_of_bounds_policy="pad", fill_values=0)
+        return image, decoded.shape()
+
+    return definition()
+
+
+class LetterboxPipeline:
+    """A built :func:`letterbox_pipeline`, fed in batch mode and reused across batches.
+
+    DALI fails a whole batch when one sample is bad and the pipeline object is dead afterwards
+    (GUIDE 2): :meth:`run` then rebuilds it and raises :class:`BatchFailed`, so the caller can
+    isolate the culprit. Not thread-safe: one pipeline per thread.
+    """
+
+    def __init__(self, kind: str, *, size: int, device: str = "cpu", batch_size: int = 32,
+                 num_threads: int = 2):
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}")
+        self.kind, self.size, self.gpu, self.batch_size = kind, size, device == "gpu", batch_size
+        self._args = dict(batch_size=batch_size, num_threads=num_threads, prefetch_queue_depth=1,
+                          device_id=torch.cuda.current_device() if self.gpu else None)
+        self.builds = 0
+        self._pipe = self._build()
+
+    def _build(self):
+        pipe = letterbox_pipeline(self.kind, self.gpu, self.size, **self._args)
+        pipe.build()
+        self.builds += 1
+        return pipe
+
+    def run(self, samples: list[EncodedSample]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Letterbox up to ``batch_size`` samples: ((n, 1, S, S) float32 tensor on the pipeline's
+        device, the (height, width) each sample decoded to)."""
+        if not 0 < len(samples) <= self.batch_size:
+            raise ValueError(f"{len(samples)} samples for a batch of {self.batch_size}")
+        columns = dict(zip(_INPUTS, zip(*(self._feed(s) for s in samples))))
+        for name in _inputs(self.kind):
+            self._pipe.feed_input(name, list(columns[name]))
+        try:
+            images, shapes = self._pipe.run()
+        except RuntimeError as exc:
+            del self._pipe  # dead after a failure: free it before building the next one
+            self._pipe = self._build()
+            raise BatchFailed(str(exc).strip().splitlines()[-1] if str(exc).strip() else "DALI error") from exc
+        shapes = shapes.as_cpu() if self.gpu else shapes
+        decoded = [tuple(int(v) for v in np.array(shapes[i])[:2]) for i in range(len(samples))]
+        return self._to_torch(images.as_tensor(), len(samples)), decoded
+
+    def _feed(self, s: EncodedSample) -> tuple:
+        h, w, top, left = letterbox_geometry(s.height, s.width, self.size)
+        pad = math.ceil(max(s.height / h, s.width / w, 1.0)) + 1
+        gain = edge_normaliser(s.height, s.width, h, w) * np.float32(s.scale)
+        return (s.data, np.float32(s.clamp[0]), np.float32(s.clamp[1]),
+                np.array([-pad, -pad], np.int32), np.array([s.height + 2 * pad, s.width + 2 * pad], np.int32),
+                np.array([pad, pad], np.float32), np.array([pad + s.height, pad + s.width], np.float32),
+                np.array([h, w], np.float32), gain, np.float32(s.offset), np.array([-top, -left], np.int32))
+
+    def _to_torch(self, batch, n: int) -> torch.Tensor:
+        if not self.gpu:
+            return torch.from_numpy(np.array(batch)).reshape(n, 1, self.size, self.size)
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        out = torch.empty((n, self.size, self.size, 1), dtype=torch.float32, device="cuda")
+        feed_ndarray(batch, out, cuda_stream=torch.cuda.current_stream())
+        return out.reshape(n, 1, self.size, self.size)
+
+    def close(self) -> None:
+        self._pipe = None
+
+
+@functools.lru_cache(maxsize=64)
+def edge_normaliser(height: int, width: int, out_height: int, out_width: int) -> np.ndarray:
+    """1 / (share of each output pixel's filter weight that falls inside the image), as an
+    (out_height, out_width, 1) float32 array: 1 inside, above 1 near the edges."""
+    inside = np.outer(_inside_share(height, out_height), _inside_share(width, out_width))
+    return (1.0 / inside).astype(np.float32)[:, :, None]
+
+
+def _inside_share(n_in: int, n_out: int) -> np.ndarray:
+    """Per output position, the triangle filter's weight on input pixels 0..n_in-1 over its
+    total weight (torch's antialiased bilinear: support = max(scale, 1) input pixels)."""
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    centres = scale * (np.arange(n_out) + 0.5)
+    reach = math.ceil(support) + 1
+    taps = np.floor(centres - support).astype(np.int64)[:, None] + np.arange(2 * reach + 1)[None, :]
+    weights = np.clip(1.0 - np.abs((taps + 0.5 - centres[:, None]) / support), 0.0, None)
+    inside = (taps >= 0) & (taps < n_in)
+    return (weights * inside).sum(1) / weights.sum(1)

@@ -1,0 +1,351 @@
+"""The engine's decoder: file paths -> letterboxed unit-gray tensors, and one outcome per file.
+
+Every byte is hostile, so Python looks at each file before any decoder does:
+
+1. **Read**: not a regular file, empty, above :data:`MAX_FILE_BYTES`, unreadable -> ``error``.
+2. **Sniff** the magic bytes (:func:`dcx.engine.formats.sniff_bytes`); unknown -> ``error``.
+3. **DICOM** (:mod:`dcx.engine.dicom`): header rules first (non-images and series rules ->
+   ``skipped``; absurd sizes -> ``error``, before any pixel is touched). Frame 1 of JPEG baseline
+   and JPEG 2000 objects (and lossless JPEG on a GPU) goes to DALI as compressed bytes, with the
+   header's :class:`~dcx.engine.dicom.PixelTransform`; everything else (uncompressed, JPEG-LS,
+   RLE, signed, 12-bit lossy, LUT tables) is decoded by pydicom and its plugins.
+4. **Rasters**: nvImageCodec -- the parser DALI decodes with -- reads the header: above
+   ``MAX_PIXELS`` -> ``error``; 8-bit gray, 8-bit colour and 16-bit gray go to DALI; the rest
+   (CMYK, 16-bit colour, 1-bit, 12-bit JPEG, unparseable headers, files without their end
+   marker) go to the core reference reader, :func:`dcx.train.preprocess.read_unit_gray`.
+
+DALI decodes batches (:mod:`dcx.engine.dali_pipeline`). One bad file fails its whole batch
+and kills the pipeline (GUIDE 2), so a failed batch is rebuilt and split in halves until the
+culprit is alone; a file that fails alone is retried through the reference path, and only
+when that fails too does it become an ``error`` row with the reference reader's reason.
+
+Parity with the training transform (``Preprocess(size)(read_unit_gray(path))``), measured by
+tests/test_decode.py on all 300 cxr-dev files and synthetic files of every kind at 224 px:
+**max abs difference 2e-5, mean 2e-7** (test bound: max 1e-4, mean 1e-5). Files decoded by the
+reference path are identical by construction.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from dcx.train.errors import DcxError
+from dcx.train.preprocess import MAX_PIXELS, Preprocess, read_unit_gray
+
+from . import dicom, formats
+from .dali_pipeline import KINDS, BatchFailed, EncodedSample, LetterboxPipeline
+
+# nvImageCodec's header parser and OpenCV's JPEG 2000 reader (both inside DALI) log every odd
+# file to stderr, over the progress bar; the outcome rows carry the reasons instead.
+os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "0")
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+
+#: Refuse files above this size before reading them (no radiograph comes near it).
+MAX_FILE_BYTES = 1 << 30
+
+#: DICOM transfer syntaxes whose frames DALI decodes: JPEG baseline / extended (8-bit),
+#: JPEG 2000; on a GPU also lossless JPEG (nvJPEG's lossless decoder; the CPU backend fails it).
+DALI_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",
+                           "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
+DALI_GPU_SYNTAXES = DALI_SYNTAXES | {"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"}
+_CODEC_OF_SYNTAX = {"1.2.840.10008.1.2.4.90": "jpeg2k", "1.2.840.10008.1.2.4.91": "jpeg2k"}
+
+
+@dataclass
+class Outcome:
+    """What became of one input file. ``meta``: ``width``/``height``, ``decoded_by`` (``dali`` or
+    ``reference``: Pillow / pydicom) and, for DICOM, the tags of :data:`dcx.engine.dicom.META_TAGS`
+    plus ``transfer_syntax`` and ``frames``."""
+
+    status: str = "ok"  # ok | error | skipped
+    reason: str | None = None
+    format: str | None = None
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class DecodedBatch:
+    """``images[k]`` belongs to input ``rows_of_images[k]``; ``outcomes`` has one entry per input."""
+
+    images: torch.Tensor  # (M, 1, S, S) float32, on the decoder's device
+    rows_of_images: list[int]
+    outcomes: list[Outcome]
+
+
+@dataclass
+class _Item:
+    """One file on its way: to DALI (``kind`` + ``sample``), or already decoded (``unit_gray``)."""
+
+    outcome: Outcome
+    kind: str | None = None
+    sample: EncodedSample | None = None
+    unit_gray: np.ndarray | None = None
+    reference: Callable[[], np.ndarray] | None = None  # the reference decoding, if DALI fails
+
+
+class Decoder:
+    """Decode batches of files for the engine (see the module docstring). A context manager;
+    one pipeline per input kind, built on first use and reused; not thread-safe.
+
+    ``counts`` tallies images by path (``dali``, ``reference``) and ``failed_batches``.
+    """
+
+    def __init__(self, preprocess: Preprocess, *, device: str = "cpu", batch_size: int = 32,
+                 num_threads: int = 2, include_phi: bool = False,
+                 series_rules: dicom.SeriesRules | None = None):
+        if device not in ("cpu", "gpu"):
+            raise DcxError(f"decoder device must be 'cpu' or 'gpu', got {device!r}")
+        if device == "gpu" and not torch.cuda.is_available():
+            raise DcxError("GPU decoding needs a CUDA device; torch sees none (use device 'cpu')")
+        if batch_size < 1 or num_threads < 1:
+            raise DcxError("batch size and decode threads must be at least 1")
+        try:
+            import nvidia.dali  # noqa: F401
+        except ImportError as exc:
+            raise DcxError("DALI is not installed: pip install nvidia-dali-cuda130") from exc
+        self.preprocess, self.device = preprocess, device
+        self.batch_size, self.num_threads = batch_size, num_threads
+        self.include_phi, self.series_rules = include_phi, series_rules
+        self.counts: Counter = Counter()
+        self._torch_device = torch.device("cuda" if device == "gpu" else "cpu")
+        self._pipelines: dict[str, LetterboxPipeline] = {}
+
+    def __enter__(self) -> "Decoder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for pipeline in self._pipelines.values():
+            pipeline.close()
+        self._pipelines.clear()
+
+    # ------------------------------------------------------------------ batches
+
+    def decode(self, paths: list[str | os.PathLike]) -> DecodedBatch:
+        """Decode ``paths``; never raises for a bad file (its outcome says why)."""
+        items = [self._prepare(Path(p)) for p in paths]
+        images: dict[int, torch.Tensor] = {}
+        for kind in KINDS:
+            todo = [i for i, item in enumerate(items) if item.kind == kind]
+            for start in range(0, len(todo), self.batch_size):
+                images.update(self._run_isolating(kind, todo[start:start + self.batch_size], items))
+        for i, item in enumerate(items):
+            if item.unit_gray is not None and item.outcome.status == "ok":
+                unit = torch.from_numpy(item.unit_gray).to(self._torch_device)
+                images[i] = self.preprocess(unit)
+                self.counts["reference"] += 1
+            if i in images:
+                item.outcome.meta["decoded_by"] = "dali" if item.kind else "reference"
+        rows = sorted(images)
+        size = self.preprocess.size
+        stacked = (torch.stack([images[i] for i in rows]) if rows
+                   else torch.empty((0, 1, size, size), device=self._torch_device))
+        return DecodedBatch(stacked, rows, [item.outcome for item in items])
+
+    def _run_isolating(self, kind: str, todo: list[int], items: list[_Item]) -> dict[int, torch.Tensor]:
+        """Run ``todo`` through DALI; on a failed batch, bisect until the culprits are alone."""
+        done: dict[int, torch.Tensor] = {}
+        pending = [todo]
+        while pending:
+            group = pending.pop()
+            try:
+                images, sizes = self._pipeline(kind).run([items[i].sample for i in group])
+            except BatchFailed as exc:
+                self.counts["failed_batches"] += 1
+                if len(group) == 1:
+                    self._use_reference(items[group[0]], f"DALI could not decode it: {exc}")
+                else:
+                    half = len(group) // 2
+                    pending += [group[half:], group[:half]]
+                continue
+            for i, image, decoded in zip(group, images, sizes):
+                sample = items[i].sample
+                if decoded != (sample.height, sample.width):
+                    self._use_reference(items[i], f"decoded {decoded[1]}x{decoded[0]}, header said "
+                                                  f"{sample.width}x{sample.height}")
+                else:
+                    done[i] = image
+                    self.counts["dali"] += 1
+        return done
+
+    def _pipeline(self, kind: str) -> LetterboxPipeline:
+        if kind not in self._pipelines:
+            self._pipelines[kind] = LetterboxPipeline(kind, size=self.preprocess.size, device=self.device,
+                                                      batch_size=self.batch_size, num_threads=self.num_threads)
+        return self._pipelines[kind]
+
+    @staticmethod
+    def _use_reference(item: _Item, dali_problem: str) -> None:
+        """DALI failed this file: decode it the reference way, or record why neither could."""
+        item.kind = item.sample = None
+        try:
+            item.unit_gray = item.reference()
+        except DcxError as exc:
+            item.outcome.status, item.outcome.reason = "error", exc.message
+        except Exception as exc:  # a decoder bug must not cost the batch
+            item.outcome.status, item.outcome.reason = "error", f"{dali_problem}; reference: {exc}"
+
+    # ------------------------------------------------------------------ one file
+
+    def _prepare(self, path: Path) -> _Item:
+        outcome = Outcome()
+        try:
+            data = _read(path)
+            outcome.format = formats.sniff_bytes(data[:formats.HEADER_BYTES])
+            if outcome.format is None:
+                raise DcxError("unsupported format: not JPEG, PNG, TIFF, BMP, WebP, JPEG 2000 or "
+                               "DICOM by its first bytes")
+            if outcome.format == "dicom":
+                return self._prepare_dicom(data, outcome)
+            return self._prepare_raster(path, data, outcome)
+        except dicom.Skipped as exc:
+            outcome.status, outcome.reason = "skipped", exc.message
+        except DcxError as exc:
+            outcome.status, outcome.reason = "error", exc.message
+        except Exception as exc:  # hostile bytes find bugs anywhere: one row, never a crash
+            outcome.status, outcome.reason = "error", f"unexpected {type(exc).__name__}: {exc}"[:300]
+        return _Item(outcome)
+
+    def _prepare_raster(self, path: Path, data: bytes, outcome: Outcome) -> _Item:
+        item = _Item(outcome, reference=lambda: _read_reference(path))
+        header = _probe(data)
+        if header is not None:
+            outcome.meta.update(width=header.width, height=header.height)
+            _check_pixels(header.width, header.height)
+        kind = _raster_kind(header) if header is not None and _looks_complete(outcome.format, data) else None
+        if kind is None:
+            item.unit_gray = item.reference()
+            outcome.meta.update(width=item.unit_gray.shape[1], height=item.unit_gray.shape[0])
+        else:
+            top = 65535.0 if kind == "gray16" else 255.0
+            item.kind, item.sample = kind, EncodedSample(_array(data), header.height, header.width, 1.0 / top)
+        return item
+
+    def _prepare_dicom(self, data: bytes, outcome: Outcome) -> _Item:
+        image = dicom.open_dicom(data, include_phi=self.include_phi, series_rules=self.series_rules)
+        outcome.meta.update(image.meta)
+        item = _Item(outcome, reference=image.unit_gray)
+        sample = self._dicom_sample(image)
+        if sample is None:
+            item.unit_gray = image.unit_gray()
+        else:
+            item.kind, item.sample = sample
+        return item
+
+    def _dicom_sample(self, image: dicom.DicomImage) -> tuple[str, EncodedSample] | None:
+        """Frame 1 as a DALI sample with the header's transform, or None when pydicom must decode."""
+        syntaxes = DALI_GPU_SYNTAXES if self.device == "gpu" else DALI_SYNTAXES
+        transform = image.transform
+        if (str(image.transfer_syntax) not in syntaxes or transform is None or not transform.linear
+                or transform.signed):
+            return None
+        frame = image.first_frame()
+        header = _probe(frame)
+        codec = _CODEC_OF_SYNTAX.get(str(image.transfer_syntax), "jpeg")
+        if (header is None or header.codec_name != codec or header.num_channels != 1
+                or (header.height, header.width) != (image.rows, image.columns)
+                or header.precision != transform.bits_stored or not _looks_complete(codec, frame)):
+            return None
+        if header.precision == 8 and not transform.clips:
+            return "gray8", EncodedSample(_array(frame), image.rows, image.columns, transform.scale, transform.offset)
+        # 16-bit output: DALI stretches 8-bit data to the uint16 range (x257), deeper data stays raw
+        gain = 257.0 if header.precision == 8 else 1.0
+        scale, offset = transform.scale / gain, transform.offset
+        clamp = (0.0, 65535.0)
+        if scale:
+            clamp = tuple(sorted(((0.0 - offset) / scale, (1.0 - offset) / scale)))
+        return "gray16", EncodedSample(_array(frame), image.rows, image.columns, scale, offset, clamp)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _read(path: Path) -> bytes:
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise DcxError("not a regular file")
+        if st.st_size == 0:
+            raise DcxError("empty file (0 bytes)")
+        if st.st_size > MAX_FILE_BYTES:
+            raise DcxError(f"{st.st_size} bytes exceeds the {MAX_FILE_BYTES} byte file limit")
+        data = path.read_bytes()
+    except PermissionError:
+        raise DcxError("permission denied") from None
+    except FileNotFoundError:
+        raise DcxError("file not found (removed during the run?)") from None
+    except OSError as exc:
+        raise DcxError(f"cannot read: {exc.strerror or exc}") from None
+    if not data:
+        raise DcxError("empty file (0 bytes)")
+    return data
+
+
+def _probe(data: bytes):
+    """nvImageCodec's view of an encoded image (codec, size, channels, dtype, precision) without
+    decoding it; None when it cannot parse the header (then DALI could not decode it either)."""
+    from nvidia import nvimgcodec
+
+    try:
+        stream = nvimgcodec.CodeStream(data)
+        stream.width  # parsing is lazy: this raises for a bad header
+        return stream
+    except Exception:
+        return None
+
+
+def _check_pixels(width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise DcxError(f"{width}x{height} exceeds the {MAX_PIXELS} pixel limit")
+
+
+def _raster_kind(header) -> str | None:
+    """Which pipeline decodes a raster exactly as the reference reader does, or None."""
+    from nvidia import nvimgcodec
+
+    dtype, channels, precision = str(header.dtype), header.num_channels, header.precision
+    if dtype == "uint8" and precision == 8:
+        if channels == 1:
+            return "gray8"
+        if channels in (2, 3, 4) and header.color_spec not in (nvimgcodec.ColorSpec.CMYK, nvimgcodec.ColorSpec.YCCK):
+            return "rgb8"
+    if dtype == "uint16" and precision == 16 and channels == 1:
+        return "gray16"
+    return None
+
+
+def _looks_complete(fmt: str, data: bytes) -> bool:
+    """Cheap end-of-file checks, so truncated files go to the reference reader (which names the
+    problem) instead of failing a DALI batch."""
+    tail = data[-4096:]
+    if fmt == "png":
+        return b"IEND" in tail
+    if fmt in ("jpeg", "jpeg2000", "jpeg2k"):
+        return b"\xff\xd9" in tail
+    if fmt == "webp":
+        return len(data) >= int.from_bytes(data[4:8], "little") + 8
+    if fmt == "bmp":
+        return len(data) >= int.from_bytes(data[2:6], "little")
+    return True
+
+
+def _array(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def _read_reference(path: Path) -> np.ndarray:
+    """The core reference reader, its messages without the ``<path>: `` prefix (rows carry the path)."""
+    try:
+        return read_unit_gray(path)
+    except DcxError as exc:
+        prefix = f"{os.fspath(path)}: "
+        raise DcxError(exc.message[len(prefix):] if exc.message.startswith(prefix) else exc.message) from exc
