@@ -65,7 +65,7 @@ class ChildRun:
 
 def python_child(code: str, *args) -> list[str]:
     """A command running ``code`` (with the peak-memory probe) in this interpreter."""
-    return [sys.executable, "-c", PEAK_PROBE + code, *map(os.fspath, args)]
+    return [sys.executable, "-c", PEAK_PROBE + code, *(os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in args)]
 
 
 def run_child(command: list[str]) -> ChildRun:

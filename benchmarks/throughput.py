@@ -215,7 +215,8 @@ def markdown(report: dict) -> str:
     rows.append([f"model-only ({mo['backend']} {mo['precision']}, batch {mo['batch_size']}, prepared tensors)",
                  rep.fmt(mo["images_per_s"]), f"{rep.fmt(mo['images_per_s_range'][0])}–"
                  f"{rep.fmt(mo['images_per_s_range'][1])}", "–"])
-    lines = [title, "", f"Machine: {rep.machine_line(report['machine'])} (after: {report['loadavg_after']}); "
+    after = report["loadavg_after"]
+    lines = [title, "", f"Machine: {rep.machine_line(report['machine'])} before, {after[0] if after else '?'} after; "
              f"{report['settings']['repeat']} repetitions, median and min–max.", "",
              rep.table(["run", "images/s", "range", "peak RSS"], rows), ""]
     ratios = report["ratios"]

@@ -9,7 +9,7 @@ import click
 
 from dcx.train.errors import DcxError
 
-from .results import FORMATS, format_for
+from .results import FORMATS
 from .run import ScreenOptions, screen
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_FILE_ERRORS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

@@ -13,7 +13,10 @@ Two choices are fixed when it is built:
     float (decoding straight to gray used other weights: up to 0.059 off on cxr-dev PNGs);
   - ``gray16``: deeper single channel (16-bit PNG/TIFF, 12-16 bit DICOM frames), decoded as
     uint16 and clamped per sample before resizing (a DICOM window clips). Not used for 8-bit
-    data: decoding to uint16 cost ~40% more time on 2 CPU cores.
+    data: decoding to uint16 cost ~40% more time on 2 CPU cores;
+  - ``raw16``: no decoding: stored values pydicom already holds (uncompressed DICOM, or frames
+    its plugins decoded) arrive as uint16 arrays and take the gray16 path from the clamp on,
+    so DALI's threads (or the GPU) resize them too.
 
 Python feeds, per sample, the bytes and numbers it derived from the header (the decoder never
 trusts the decoded size silently: it is returned and checked): the letterbox geometry from the
@@ -37,25 +40,25 @@ import torch
 
 from dcx.train.preprocess import LUMA_WEIGHTS, letterbox_geometry
 
-KINDS = ("gray8", "rgb8", "gray16")
+KINDS = ("gray8", "rgb8", "gray16", "raw16")
 _INPUTS = ("encoded", "clamp_lo", "clamp_hi", "pad_anchor", "pad_shape", "roi_start", "roi_end",
            "resized", "gain", "offset", "box_anchor")
 
 
 def _inputs(kind: str) -> tuple[str, ...]:
-    """The external sources a pipeline of ``kind`` has (only gray16 clamps)."""
-    return _INPUTS if kind == "gray16" else tuple(n for n in _INPUTS if not n.startswith("clamp"))
+    """The external sources a pipeline of ``kind`` has (only the 16-bit kinds clamp)."""
+    return _INPUTS if kind.endswith("16") else tuple(n for n in _INPUTS if not n.startswith("clamp"))
 
 
 @dataclass
-class EncodedSample:
-    """One image for the pipeline: its bytes, the header's size and the value mapping.
+class Sample:
+    """One image for the pipeline: its data, the header's size and the value mapping.
 
     ``unit = clip(scale * value + offset, 0, 1)`` where ``value`` is what the decoder outputs
-    (uint8 / uint16 / luma); values are first clamped to ``clamp`` (gray16 only).
+    (uint8 / uint16 / luma); values are first clamped to ``clamp`` (16-bit kinds only).
     """
 
-    data: np.ndarray  # uint8, 1-D
+    data: np.ndarray  # encoded bytes (uint8, 1-D); raw16: stored values (uint16, H x W x 1)
     height: int
     width: int
     scale: float
@@ -67,7 +70,7 @@ class BatchFailed(RuntimeError):
     """DALI refused the batch (it cannot say which sample); the pipeline was rebuilt."""
 
 
-def letterbox_pipeline(kind: str, gpu: bool, size: int, **pipeline_args):
+def letterbox_pipeline(kind: str, gpu: bool, size: int, pad_value: float = 0.0, **pipeline_args):
     """Build the pipeline for ``kind`` on the CPU or GPU (``pipeline_args``: batch_size,
     num_threads, device_id, ...). Outputs: images (S, S, 1) float32 and decoded sizes (H, W[, C])."""
     from nvidia.dali import fn, pipeline_def, types
@@ -83,18 +86,22 @@ def letterbox_pipeline(kind: str, gpu: bool, size: int, **pipeline_args):
             rgb = fn.decoders.image(feed["encoded"], output_type=types.RGB, **decoder)
             image = fn.coord_transform(rgb, M=list(LUMA_WEIGHTS), dtype=types.FLOAT)
             decoded = rgb
+        elif kind == "raw16":  # already decoded by pydicom: only name the layout
+            image = decoded = fn.reshape(feed["encoded"], layout="HWC")
+            if gpu:
+                image = decoded = image.gpu()
         else:
             dtype = types.UINT16 if kind == "gray16" else types.UINT8
             image = decoded = fn.decoders.image(feed["encoded"], output_type=types.GRAY, dtype=dtype, **decoder)
-            if kind == "gray16":
-                image = dmath.clamp(image, on_device["clamp_lo"], on_device["clamp_hi"])
+        if kind.endswith("16"):
+            image = dmath.clamp(image, on_device["clamp_lo"], on_device["clamp_hi"])
         image = fn.slice(image, feed["pad_anchor"], feed["pad_shape"], axes=[0, 1],
                          out_of_bounds_policy="pad", fill_values=0)
         image = fn.resize(image, size=feed["resized"], roi_start=feed["roi_start"], roi_end=feed["roi_end"],
                           interp_type=types.INTERP_LINEAR, antialias=True, dtype=types.FLOAT)
         image = image * on_device["gain"] + on_device["offset"]
         image = fn.slice(image, feed["box_anchor"], [size, size], axes=[0, 1],
-                         out_of_bounds_policy="pad", fill_values=0)
+                         out_of_bounds_policy="pad", fill_values=pad_value)
         return image, decoded.shape()
 
     return definition()
@@ -108,25 +115,26 @@ class LetterboxPipeline:
     isolate the culprit. Not thread-safe: one pipeline per thread.
     """
 
-    def __init__(self, kind: str, *, size: int, device: str = "cpu", batch_size: int = 32,
-                 num_threads: int = 2):
+    def __init__(self, kind: str, *, size: int, pad_value: float = 0.0, device: str = "cpu",
+                 batch_size: int = 32, num_threads: int = 2):
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}")
-        self.kind, self.size, self.gpu, self.batch_size = kind, size, device == "gpu", batch_size
+        self.kind, self.size, self.pad_value = kind, size, pad_value
+        self.gpu, self.batch_size = device == "gpu", batch_size
         self._args = dict(batch_size=batch_size, num_threads=num_threads, prefetch_queue_depth=1,
                           device_id=torch.cuda.current_device() if self.gpu else None)
         self.builds = 0
         self._pipe = self._build()
 
     def _build(self):
-        pipe = letterbox_pipeline(self.kind, self.gpu, self.size, **self._args)
+        pipe = letterbox_pipeline(self.kind, self.gpu, self.size, self.pad_value, **self._args)
         pipe.build()
         self.builds += 1
         return pipe
 
-    def run(self, samples: list[EncodedSample]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """Letterbox up to ``batch_size`` samples: ((n, 1, S, S) float32 tensor on the pipeline's
-        device, the (height, width) each sample decoded to)."""
+    def run(self, samples: list[Sample]) -> tuple[np.ndarray | torch.Tensor, list[tuple[int, int]]]:
+        """Letterbox up to ``batch_size`` samples: ((n, 1, S, S) float32 -- a numpy array on the
+        CPU, a CUDA tensor on the GPU --, the (height, width) each sample decoded to)."""
         if not 0 < len(samples) <= self.batch_size:
             raise ValueError(f"{len(samples)} samples for a batch of {self.batch_size}")
         columns = dict(zip(_INPUTS, zip(*(self._feed(s) for s in samples))))
@@ -138,11 +146,11 @@ class LetterboxPipeline:
             del self._pipe  # dead after a failure: free it before building the next one
             self._pipe = self._build()
             raise BatchFailed(str(exc).strip().splitlines()[-1] if str(exc).strip() else "DALI error") from exc
-        shapes = shapes.as_cpu() if self.gpu else shapes
-        decoded = [tuple(int(v) for v in np.array(shapes[i])[:2]) for i in range(len(samples))]
-        return self._to_torch(images.as_tensor(), len(samples)), decoded
+        shapes = shapes.as_cpu() if hasattr(shapes, "as_cpu") else shapes  # on the GPU in mixed mode
+        decoded = [(int(h), int(w)) for h, w in np.array(shapes.as_tensor())[:, :2]]
+        return self._copy_out(images.as_tensor(), len(samples)), decoded
 
-    def _feed(self, s: EncodedSample) -> tuple:
+    def _feed(self, s: Sample) -> tuple:
         h, w, top, left = letterbox_geometry(s.height, s.width, self.size)
         pad = math.ceil(max(s.height / h, s.width / w, 1.0)) + 1
         gain = edge_normaliser(s.height, s.width, h, w) * np.float32(s.scale)
@@ -151,9 +159,11 @@ class LetterboxPipeline:
                 np.array([pad, pad], np.float32), np.array([pad + s.height, pad + s.width], np.float32),
                 np.array([h, w], np.float32), gain, np.float32(s.offset), np.array([-top, -left], np.int32))
 
-    def _to_torch(self, batch, n: int) -> torch.Tensor:
+    def _copy_out(self, batch, n: int) -> np.ndarray | torch.Tensor:
+        """Copy the outputs out of DALI's buffers (reused by the next run). On the CPU with numpy:
+        torch's intra-op threads fought DALI's for 2 cores (a 6 MB torch.stack took 0.5 s)."""
         if not self.gpu:
-            return torch.from_numpy(np.array(batch)).reshape(n, 1, self.size, self.size)
+            return np.array(batch).reshape(n, 1, self.size, self.size)
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
         out = torch.empty((n, self.size, self.size, 1), dtype=torch.float32, device="cuda")

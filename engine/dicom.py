@@ -145,9 +145,23 @@ class PixelTransform:
         ends = (self.scale * lo + self.offset, self.scale * hi + self.offset)
         return not self.linear or min(ends) < -1e-6 or max(ends) > 1 + 1e-6
 
-    def apply(self, stored: np.ndarray) -> np.ndarray:
-        """Stored values (any integer array, as decoded) -> unit gray float32 in [0, 1]."""
-        values = _bits_stored(np.asarray(stored), self.bits_stored, self.signed)
+    def stored_values(self, decoded: np.ndarray) -> np.ndarray:
+        """Decoded integers -> the stored values: bits above BitsStored (overlays, garbage) masked
+        off, or sign-extended from bit BitsStored - 1 for signed data."""
+        values = np.asarray(decoded)
+        bits = self.bits_stored
+        if values.dtype.kind not in "ui" or bits >= values.dtype.itemsize * 8:
+            return values
+        unsigned_type = values.dtype.str.replace("i", "u")
+        unsigned = values.view(unsigned_type) & ((1 << bits) - 1)
+        if not self.signed:
+            return unsigned
+        as_int = unsigned.astype(np.int64)
+        return np.where(as_int >= 1 << (bits - 1), as_int - (1 << bits), as_int)
+
+    def apply(self, decoded: np.ndarray) -> np.ndarray:
+        """Decoded integers (any array, as a decoder returns them) -> unit gray float32 in [0, 1]."""
+        values = self.stored_values(decoded)
         if self.linear:
             unit = values.astype(np.float32) * np.float32(self.scale) + np.float32(self.offset)
         else:
@@ -211,8 +225,15 @@ class DicomImage:
             raise DcxError(f"cannot extract frame 1 from the pixel data ({_why(exc)})") from exc
 
     def unit_gray(self) -> np.ndarray:
-        """Decode frame 1 with pydicom (numpy, or the pylibjpeg / pyjpegls plugins) and apply the
-        rules: the reference path, and the engine's path for what DALI cannot decode."""
+        """Frame 1 decoded by pydicom with every rule applied: the reference path."""
+        decoded = self.decoded_frame()
+        if self.transform is not None:
+            return self.transform.apply(decoded)
+        return self._colour_unit_gray(decoded)
+
+    def decoded_frame(self) -> np.ndarray:
+        """Frame 1 as pydicom decodes it (numpy for uncompressed data, else the pylibjpeg /
+        pyjpegls / Pillow plugins): integers, no rule applied yet; RGB for colour objects."""
         from pydicom.pixels import pixel_array
 
         if not self.encapsulated:
@@ -220,15 +241,13 @@ class DicomImage:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                stored = pixel_array(self.dataset, index=0, decoding_plugin=self._plugin())
+                decoded = pixel_array(self.dataset, index=0, decoding_plugin=self._plugin())
         except Exception as exc:
             raise DcxError(f"cannot decode {self.transfer_syntax.name} pixel data ({_why(exc)})") from exc
-        if stored.shape[:2] != (self.rows, self.columns):
-            raise DcxError(f"decoded frame is {stored.shape[1]}x{stored.shape[0]}, "
+        if decoded.shape[:2] != (self.rows, self.columns):
+            raise DcxError(f"decoded frame is {decoded.shape[1]}x{decoded.shape[0]}, "
                            f"header says {self.columns}x{self.rows}")
-        if self.transform is not None:
-            return self.transform.apply(stored)
-        return self._colour_unit_gray(stored)
+        return decoded
 
     def _plugin(self) -> str:
         """Pillow for 8-bit JPEG: its libjpeg-turbo is the decoder of .jpg rasters and of DALI's CPU
@@ -236,10 +255,9 @@ class DicomImage:
         by 1-2 gray levels). Anything else: pydicom's default plugin order."""
         from pydicom.pixels import get_decoder
 
-        jpeg = str(self.transfer_syntax) in (_JPEG_BASELINE, _JPEG_EXTENDED)
-        if jpeg and _int(self.dataset, "BitsStored", 8) <= 8 and "pillow" in get_decoder(self.transfer_syntax).available_plugins:
-            return "pillow"
-        return ""
+        jpeg8 = (str(self.transfer_syntax) in (_JPEG_BASELINE, _JPEG_EXTENDED)
+                 and _int(self.dataset, "BitsStored", 8) <= 8)
+        return "pillow" if jpeg8 and "pillow" in get_decoder(self.transfer_syntax).available_plugins else ""
 
     def _colour_unit_gray(self, rgb: np.ndarray) -> np.ndarray:
         ds = self.dataset
@@ -255,7 +273,10 @@ class DicomImage:
     def _check_native_length(self) -> None:
         bits = _int(self.dataset, "BitsAllocated", 16)
         expected = (self.rows * self.columns * self.frames * self.samples_per_pixel * bits + 7) // 8
-        got = len(self.dataset.PixelData)
+        try:
+            got = len(self.dataset.PixelData)  # read now (deferred)
+        except Exception as exc:
+            raise DcxError(f"cannot read the pixel data ({_why(exc)})") from exc
         if got < expected:
             raise DcxError(f"truncated pixel data: {got} of {expected} bytes")
 
@@ -362,17 +383,6 @@ def _window_affine(center: float, width: float, exact: bool) -> tuple[float, flo
     if exact:
         return 1.0 / width, 0.5 - center / width
     return 1.0 / (width - 1), 0.5 - (center - 0.5) / (width - 1)
-
-
-def _bits_stored(values: np.ndarray, bits: int, signed: bool) -> np.ndarray:
-    """Mask bits above ``bits`` (overlays, garbage) or sign-extend from bit ``bits - 1``."""
-    if values.dtype.kind not in "ui" or bits >= values.dtype.itemsize * 8:
-        return values
-    unsigned = values.view(values.dtype.str.replace("i", "u")) & ((1 << bits) - 1)
-    if not signed:
-        return unsigned.astype(values.dtype.str.replace("i", "u"), copy=False)
-    as_int = unsigned.astype(np.int64)
-    return np.where(as_int >= 1 << (bits - 1), as_int - (1 << bits), as_int)
 
 
 def _first_float(ds, keyword: str) -> float | None:

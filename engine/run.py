@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
-import os
 import queue
 import sys
 import threading
@@ -87,7 +86,10 @@ class _Chunk:
 
 
 class _Stats:
-    """Counters and busy seconds per stage (stages overlap, so they can sum past wall time)."""
+    """Counters and busy seconds per stage. Stages: ``discover`` (listing and stat), ``state``
+    (lookups), ``decode`` (reading and decoding, in the producer thread), ``infer``, ``write``
+    (rows, heatmaps, state commit, output). Producer and main thread overlap, so the stages
+    can sum past the wall time."""
 
     def __init__(self):
         self.stage_s = dict.fromkeys(STAGES, 0.0)
@@ -161,12 +163,12 @@ def _state_profile(model_id: str, options: ScreenOptions) -> str:
     return model_id + (":phi" if options.include_phi else "") + (":series-rules" if options.series_rules else "")
 
 
-def _candidates(options: ScreenOptions) -> Iterator[Candidate]:
+def _candidates(options: ScreenOptions, stat_files: bool = True) -> Iterator[Candidate]:
     """The discovery stream of this run, never including dcx's own output files."""
     skip = [p for p in (options.out, options.state, options.heatmaps, options.summary) if p]
     skip += [Path(f"{p}{suffix}") for p in skip for suffix in (".partial", "-wal", "-shm", "-journal")]
     return discover(options.root, include=options.include, exclude=options.exclude,
-                    files_from=options.files_from, skip_paths=skip)
+                    files_from=options.files_from, skip_paths=skip, stat_files=stat_files)
 
 
 def _chunks(candidates: Iterable[Candidate], state: StateDB | None, batch_size: int,
@@ -370,8 +372,8 @@ def _summary(options: ScreenOptions, backend, card, stats: _Stats, completed: bo
 class _Progress:
     """``12,345/80,000 files  95.3 img/s  ETA 0:10:05`` on stderr, redrawn at most twice a second.
 
-    The total comes from a second discovery pass in a background thread (listing is cheap
-    next to decoding); until it finishes there is no ETA.
+    The total comes from a second discovery pass in a background thread (listing only, no
+    stat: cheap next to decoding); until it finishes there is no ETA.
     """
 
     def __init__(self, options: ScreenOptions, stats: _Stats):
@@ -382,7 +384,7 @@ class _Progress:
             threading.Thread(target=self._count, args=(options,), name="dcx-count", daemon=True).start()
 
     def _count(self, options: ScreenOptions) -> None:
-        self.total = sum(1 for _ in _candidates(options))
+        self.total = sum(1 for _ in _candidates(options, stat_files=False))
 
     def update(self, force: bool = False) -> None:
         now = time.perf_counter()

@@ -4,18 +4,32 @@ TensorRT 11 is strongly typed: an engine's precision is that of its ONNX tensors
 
 - **FP16**: every float tensor and weight in half precision, with float32 ``image``/``probs``/
   ``cam`` at the edges (``keep_io_types``), so callers never change (onnxconverter-common).
-- **INT8**: explicit quantization, a Q/DQ graph from ONNX Runtime's post-training quantizer:
-  symmetric int8 (zero point 0) for activations and per-channel weights, biases left float --
-  the form TensorRT consumes. Only the feature extractor is quantized; the classifier head
-  (one 1x1 conv, <0.1% of the FLOPs) and everything after it stay float, because its outputs
-  *are* the probabilities and the CAM that the screening threshold reads.
+- **INT8**: explicit quantization, a Q/DQ graph from ONNX Runtime's post-training quantizer
+  (ModelOpt wraps the same quantizer but pins an older onnx): symmetric int8 (zero point 0)
+  activations, per-channel weights, float biases -- the form TensorRT consumes. Q/DQ sits only
+  in front of compute ops, so ``probs`` and ``cam`` come out of float ops.
 
-The calibration method is :data:`CALIBRATION_METHOD`, chosen by measured accuracy (see
-``README.md``, "INT8 calibration").
+Calibration method, measured (resnet18 trained from scratch on 210 real radiographs at 128 px,
+calibrated on those 210 training images, compared with PyTorch FP32 on 90 held-out images):
+
+===================  =========  ========  ==============  ===============  ==========
+method               mean |dp|  max |dp|  decisions agree argmax agrees    calib time
+===================  =========  ========  ==============  ===============  ==========
+MinMax               0.0111     0.070     96.7 %          95.6 %           1x
+Percentile 99.999    0.0072     0.051     95.6 %          97.8 %           ~1.9x
+Percentile 99.99     0.0098     0.056     98.9 %          98.9 %           ~1.6x
+===================  =========  ========  ==============  ===============  ==========
+
+Entropy is not listed: through ``quantize_static`` (onnxruntime 1.31) it uses 128 histogram
+bins for 128 quantized bins, so its search has one candidate and it reproduces MinMax exactly
+(measured: identical numbers). Percentile 99.999 gives the smallest probability error; the
+decision flips (1-4 of 90) are images within a few hundredths of the threshold and differ by
+one or two images between methods, within noise at this size.
 """
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import tempfile
@@ -36,11 +50,16 @@ CALIBRATION_METHODS = {
     "percentile": ("Percentile", {"CalibPercentile": 99.999}),
 }
 #: The one used by dcx-export (measured; see the module docstring).
-CALIBRATION_METHOD = "minmax"
+CALIBRATION_METHOD = "percentile"
 
-#: Ops whose inputs get Q/DQ: the convolutional trunk (TensorRT fuses Q/DQ into them).
-QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Add", "Concat", "MaxPool", "AveragePool",
-                 "GlobalAveragePool", "Relu", "BatchNormalization"]
+#: Ops whose *inputs* get Q/DQ; outputs are never quantized, so probabilities and CAM stay float.
+QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool", "GlobalAveragePool",
+                 "BatchNormalization"]
+
+#: Placement TensorRT fuses best (as NVIDIA ModelOpt configures this same quantizer): Q/DQ in
+#: front of the compute ops only, one pair per consumer, none after Conv/ReLU/Concat/Softmax.
+TENSORRT_PLACEMENT = {"OpTypesToExcludeOutputQuantization": QUANTIZED_OPS, "DedicatedQDQPair": True,
+                      "ForceQuantizeNoInputCheck": True}
 
 
 def to_fp16(fp32_model):
@@ -66,14 +85,16 @@ def quantize_int8(fp32_path: str | os.PathLike, batches: Iterable[np.ndarray], *
     class Reader(CalibrationDataReader):
         def __init__(self):
             self.fed = 0
-            self._it = iter(batches)
+            self._it = (image for batch in batches for image in batch)
 
         def get_next(self):
-            batch = next(self._it, None)
-            if batch is None:
+            # One image per call: ORT's histogram calibrators stack per-call activations and
+            # fail on a short last batch; per image, every call has the same shape.
+            image = next(self._it, None)
+            if image is None:
                 return None
-            self.fed += len(batch)
-            return {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
+            self.fed += 1
+            return {INPUT_NAME: np.ascontiguousarray(image[None], dtype=np.float32)}
 
     reader = Reader()
     with tempfile.TemporaryDirectory(prefix="dcx-int8-") as tmp:
@@ -81,15 +102,15 @@ def quantize_int8(fp32_path: str | os.PathLike, batches: Iterable[np.ndarray], *
         # Shape inference + graph clean-up (identities, shape arithmetic) that ORT recommends
         # before quantizing; symbolic shape inference is skipped, ONNX's own suffices here.
         quant_pre_process(os.fspath(fp32_path), os.fspath(prepared), skip_symbolic_shape=True)
-        head = _classifier_head(onnx.load(os.fspath(prepared)))
         try:
-            with _quiet_root_logger():  # the quantizer logs routine notices as root warnings
+            with _quiet_quantizer():
                 quantize_static(os.fspath(prepared), os.fspath(quantized), reader, quant_format=QuantFormat.QDQ,
                                 per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                                op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=head,
+                                op_types_to_quantize=QUANTIZED_OPS,
                                 calibrate_method=getattr(CalibrationMethod, calibrate_method),
                                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                               "QuantizeBias": False, **calibration_options})
+                                               "QuantizeBias": False, **TENSORRT_PLACEMENT,
+                                               **calibration_options})
         except Exception as exc:
             if reader.fed == 0:
                 raise DcxError("no calibration image could be read; INT8 needs at least one") from exc
@@ -100,11 +121,25 @@ def quantize_int8(fp32_path: str | os.PathLike, batches: Iterable[np.ndarray], *
 
 
 @contextlib.contextmanager
-def _quiet_root_logger():
+def _quiet_quantizer():
+    """The quantizer prints progress to stdout and routine notices as root-logger warnings."""
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """The quantizer prints progress to stdout and routine notices as root-logger warnings."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         logging.disable(previous)
 

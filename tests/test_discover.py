@@ -157,3 +157,10 @@ def test_deep_nesting_does_not_hit_the_recursion_limit(tmp_path):
 
 def test_candidate_is_light():
     assert not hasattr(Candidate("x"), "__dict__")  # slots: millions of them pass through
+
+
+def test_listing_without_stat_finds_the_same_files(tmp_path):
+    make_tree(tmp_path, TREE + [".hidden"])
+    listed = list(discover(tmp_path, stat_files=False))
+    assert [c.path for c in listed] == [c.path for c in discover(tmp_path)]
+    assert all(c.size == 0 for c in listed)

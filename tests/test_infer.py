@@ -146,6 +146,7 @@ def test_sigkill_midway_then_resume_scores_only_the_rest(trained_checkpoint, arc
     args = ["--engine", trained_checkpoint, archive, "--out", out, "--batch-size", 4]
     proc = subprocess.run([sys.executable, "-c", killer, *map(str, args)], capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr
+    assert "img/s" not in proc.stderr  # no progress bar when stderr is not a terminal
     assert not out.exists() and partial_path(out).exists()  # never published half a table
     model_rows = sqlite3.connect(state).execute("SELECT COUNT(*) FROM results").fetchone()[0]
     assert model_rows == 12  # three committed batches of 4
@@ -272,3 +273,22 @@ def test_dicom_series_rules_and_phi_columns(trained_checkpoint, shared_data, tmp
     for name in ("udacity__test4.dcm", "udacity__test5.dcm"):  # BodyPart RIBCAGE, Modality CT
         assert rows[name]["status"] == "skipped" and rows[name]["reason"], rows[name]
     assert rows["udacity__test1.dcm"]["status"] == "ok"
+
+
+def test_progress_line_shows_rate_and_eta(archive, monkeypatch):
+    import io
+    import time
+
+    from dcx.engine import run
+
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    stats = run._Stats()
+    progress = run._Progress(run.ScreenOptions(engine=Path("m.pt"), out=Path("r.csv"), root=archive), stats)
+    deadline = time.monotonic() + 30
+    while progress.total is None and time.monotonic() < deadline:  # the counting pass runs in a thread
+        time.sleep(0.01)
+    stats.files, stats.inferred = 5, 4
+    progress.update(force=True)
+    line = stderr.getvalue()
+    assert f"5/{len(expected_files(archive))} files" in line and "img/s" in line and "ETA 0:" in line

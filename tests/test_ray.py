@@ -91,34 +91,44 @@ def local_rows(trained_checkpoint, archive, tmp_path_factory) -> dict[str, dict]
     return {r["path"]: r for r in read_rows(out)}
 
 
-def test_scorer_gives_a_failing_file_its_row_and_keeps_the_others(trained_checkpoint, archive, local_rows, tmp_path):
+def test_scorer_gives_a_failing_file_its_row_and_keeps_the_others(trained_checkpoint, archive, local_rows,
+                                                                   tmp_path, monkeypatch):
     """A batch that raises (not a corrupt file: the decoder reports those) is retried file by file."""
+    from dcx.engine import run
     from dcx.engine.discover import discover
 
     files = [c for c in discover(archive) if "broken" not in c.path][:4]
     poisoned = files[1].path
-    options = ScreenOptions(engine=trained_checkpoint, out=tmp_path / "x.parquet", device="cpu", decode_threads=1)
-    scorer = _ScoreFiles(options, str(Path.cwd()))
+    built = []
 
-    class Poisoned:  # wraps the real decoder and fails like a crashing library would
+    class Poisoned:  # the real decoder, failing on one file like a crashing library would
         def __init__(self, decoder):
             self.decoder = decoder
+            built.append(self)
+
+        def __enter__(self):
+            self.decoder.__enter__()
+            return self
+
+        def __exit__(self, *exc_info):
+            self.decoder.__exit__(*exc_info)
 
         def decode(self, paths):
             if poisoned in paths:
                 raise MemoryError("simulated allocator failure")
             return self.decoder.decode(paths)
 
-    real = scorer._score(files[:1])  # builds the real decoder
-    scorer._decoder = Poisoned(scorer._decoder)
-    rows = scorer._score(files)
+    real_open = run._open_decoder
+    monkeypatch.setattr(run, "_open_decoder", lambda *args: Poisoned(real_open(*args)))
+    options = ScreenOptions(engine=trained_checkpoint, out=tmp_path / "x.parquet", device="cpu", decode_threads=1)
+    rows = _ScoreFiles(options, str(Path.cwd()))._score(files)
     assert [r["path"] for r in rows] == [f.path for f in files]
     assert rows[1]["status"] == "error" and rows[1]["reason"] == "MemoryError: simulated allocator failure"
     for row in rows[:1] + rows[2:]:
         want = local_rows[row["path"]]
-        assert row["status"] == want["status"]
-        assert row["p_positive"] is None or abs(row["p_positive"] - want["p_positive"]) <= 2e-6
-    assert real[0]["p_positive"] == rows[0]["p_positive"]
+        assert row["status"] == want["status"] == "ok"
+        assert abs(row["p_positive"] - want["p_positive"]) <= 2e-6
+    assert len(built) == 3  # the batch's decoder, then a fresh one after each failure
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +160,8 @@ def test_ray_run_gives_one_row_per_file_and_the_local_scores(ray_cluster, traine
         assert (r["status"], r["reason"]) == (local_rows[r["path"]]["status"], local_rows[r["path"]]["reason"])
 
     summary = json.loads((tmp_path / "ray.summary.json").read_text())
-    assert summary["completed"] and summary["files"] == 12 and summary["scored_this_run"] == 12
+    assert summary["completed"] and summary["files"] == 12 and summary["reused_from_state"] == 0
+    assert summary["counts"] == {"ok": 9, "skipped": 0, "error": 3}
     assert summary["ray"]["actors"] == 1  # 2 CPUs: one actor, one CPU left for Ray's own stages
     assert summary["backend"] == "pytorch"
 

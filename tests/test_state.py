@@ -1,7 +1,6 @@
 """State database: reuse of finished rows, changed files rescored, per-model keys, durability."""
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys

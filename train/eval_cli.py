@@ -9,7 +9,7 @@ import numpy as np
 from .card import load_checkpoint
 from .data import SPLITS, read_samples
 from .errors import DcxError
-from .evaluate import format_metric, predict_samples, summarize, sweep_markdown, write_json, write_predictions
+from .evaluate import format_ci, format_metric, predict_samples, summarize, sweep_markdown, write_json, write_predictions
 from .plots import plot_confusion, plot_pr, plot_roc
 
 OUTPUTS = ("metrics.json", "threshold_sweep.md", "predictions.csv", "roc.png", "pr.png", "confusion.png")
@@ -53,7 +53,7 @@ def main(checkpoint, data, out, split, batch_size, workers, force):
     out = _prepare_out(Path(out), force)
 
     result = predict_samples(card, state_dict, samples, batch_size=batch_size, workers=workers)
-    for index, reason in result.reasons.items():
+    for reason in result.reasons.values():
         click.echo(f"skipped unreadable image: {reason}", err=True)
     if not result.readable.any():
         raise DcxError(f"none of the {len(samples)} image(s) in {data} could be read")
@@ -78,8 +78,8 @@ def main(checkpoint, data, out, split, batch_size, workers, force):
                f"{card.positive} AUC {format_metric(summary['auc'])}, AP {format_metric(summary['average_precision'])}, "
                f"accuracy {format_metric(summary['accuracy'])}")
     click.echo(f"at threshold {card.threshold:.4g}: sensitivity {format_metric(point['sensitivity'])} "
-               f"{_ci(point['sensitivity_ci95'])}, specificity {format_metric(point['specificity'])} "
-               f"{_ci(point['specificity_ci95'])}")
+               f"{format_ci(point['sensitivity_ci95'])}, specificity {format_metric(point['specificity'])} "
+               f"{format_ci(point['specificity_ci95'])}")
     click.echo(f"wrote {', '.join(OUTPUTS)} to {out}")
 
 
@@ -103,8 +103,3 @@ def _prepare_out(out: Path, force: bool) -> Path:
         raise DcxError(f"{out} already holds {', '.join(existing)}; pass --force to overwrite")
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def _ci(ci) -> str:
-    low, high = ci
-    return "" if low is None or low != low else f"[{low:.3f}, {high:.3f}]"

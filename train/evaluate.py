@@ -21,7 +21,7 @@ from . import metrics
 from .card import ModelCard
 from .errors import DcxError
 
-#: The Deep-COVID paper's sweep, plus the card's own threshold.
+#: The Deep-COVID paper's sweep; :func:`summarize` adds the card's own threshold.
 SWEEP_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -66,7 +66,7 @@ def summarize(y_true_labels, probs, card: ModelCard) -> dict:
         "confusion_matrix": {"rows": "true class", "columns": "predicted class (arg-max)",
                              "classes": list(card.classes), "counts": matrix.tolist()},
         "per_class": _per_class(matrix, card.classes, y, probs),
-        "macro_f1": _nanmean([row_f1 for row_f1 in (_f1(matrix, i) for i in range(k))]),
+        "macro_f1": _nanmean([_f1(matrix, i) for i in range(k)]),
     }
 
 
@@ -190,8 +190,8 @@ def sweep_markdown(summary: dict) -> str:
              "|---:|---|---|---:|---:|---:|---:|"]
     for row in summary["threshold_sweep"]:
         mark = " *" if row["threshold"] == summary["threshold"] else ""
-        lines.append(f"| {row['threshold']:.4g}{mark} | {format_metric(row['sensitivity'])} {_ci(row['sensitivity_ci95'])} | "
-                     f"{format_metric(row['specificity'])} {_ci(row['specificity_ci95'])} | "
+        lines.append(f"| {row['threshold']:.4g}{mark} | {format_metric(row['sensitivity'])} {format_ci(row['sensitivity_ci95'])} | "
+                     f"{format_metric(row['specificity'])} {format_ci(row['specificity_ci95'])} | "
                      f"{row['tp']} | {row['fn']} | {row['tn']} | {row['fp']} |")
     return "\n".join(lines) + "\n"
 
@@ -201,6 +201,7 @@ def format_metric(x: float | None) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{x:.3f}"
 
 
-def _ci(ci) -> str:
+def format_ci(ci) -> str:
+    """``[low, high]`` of a 95% interval, or empty when undefined."""
     low, high = ci
-    return "" if math.isnan(low) else f"[{low:.3f}, {high:.3f}]"
+    return "" if low is None or math.isnan(low) else f"[{low:.3f}, {high:.3f}]"

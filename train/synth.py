@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +78,7 @@ class Patient:
     rib_start: float
     texture_seed: int
     blobs: tuple[tuple[float, ...], ...] = ()  # covid: (side, lateral frac, height frac, sigma, strength)
-    consolidation: tuple[float, ...] = ()  # pneumonia: (side, lower?, fissure frac, slope, strength)
+    consolidation: tuple = ()  # pneumonia: (side, lower lobe?, fissure height frac, slope, strength)
 
 
 def make_patient(rng: np.random.Generator, label: str) -> Patient:
@@ -94,7 +94,7 @@ def make_patient(rng: np.random.Generator, label: str) -> Patient:
             for _ in range(rng.integers(3, 6))
         )
     elif label == "pneumonia":
-        lower = float(rng.random() < 0.65)
+        lower = bool(rng.random() < 0.65)
         consolidation = (rng.choice([-1.0, 1.0]), lower, rng.uniform(0.4, 0.55) if lower else rng.uniform(0.45, 0.6),
                          rng.uniform(-0.25, 0.25), rng.uniform(0.85, 1.0))
     return Patient(
@@ -337,11 +337,10 @@ class _Plan:
     label: str
     patient: int
     fmt: str
-    variant: str = ""
-    extra: dict = field(default_factory=dict)
+    variant: str
 
 
-def plan_archive(n: int, classes: list[str], formats: list[str]) -> list[_Plan]:
+def _plan_archive(n: int, classes: list[str], formats: list[str]) -> list[_Plan]:
     """Classes round-robin (balanced, remainder to the first classes); formats cycle per round
     so every class meets every format; DICOM variants and 8/16-bit PNG cycle per format.
     The first images of each class pair up as follow-up films of one patient."""
@@ -382,7 +381,7 @@ def write_archive(out: str | os.PathLike, *, n: int = 300, classes=PATTERNS, siz
     classes, formats = list(classes), list(formats)
     _check_args(out, n, classes, size, formats, force)
     out = Path(out)
-    plans = plan_archive(n, classes, formats)
+    plans = _plan_archive(n, classes, formats)
     width = max(4, len(str(n)))
     rows, masks = [], {}
     for i, plan in enumerate(plans):
@@ -468,4 +467,4 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path, format="PNG")
+    Image.fromarray(pixels).save(path, format="PNG", compress_level=1)  # noise barely compresses: favour speed
