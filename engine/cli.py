@@ -103,6 +103,12 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
     if out.is_dir():
         raise DcxError(f"--out {out} is a directory; name the result file")
 
+    if heatmaps is not None:
+        try:
+            heatmaps.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DcxError(f"cannot create --heatmaps folder {heatmaps}: {exc.strerror or exc}") from exc
+
     options = ScreenOptions(
         engine=engine, out=out, root=archive, files_from=files_from, fmt=fmt, include=include,
         exclude=exclude, state=state, heatmaps=heatmaps, summary=summary, batch_size=batch_size,

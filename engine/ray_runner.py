@@ -19,9 +19,9 @@ Rules learnt the hard way (see the field guide, section 4):
 
 The driver lists the archive, settles what it can itself (unreadable entries, rows reused
 from the state database), and holds the paths left to score in memory (a few hundred bytes
-per file) to send them and check them off. Results come back to the driver, which commits them to the state database
-and writes them as Parquet parts (``part-00000.parquet``, ..., each sorted by path) into a
-folder named by ``--out``, with the columns of a local run. The folder appears under its
+per file) to send them and check them off. Results come back to the driver, which commits
+them to the state database and writes them as Parquet parts (``part-00000.parquet``, ...,
+each sorted by path) into a folder named by ``--out``, with the columns of a local run. The folder appears under its
 name only when the run completes (meanwhile ``<out>.partial/``); read it with pyarrow,
 pandas or DuckDB as one dataset, or turn it into one file with ``dcx-merge``.
 
@@ -70,7 +70,7 @@ def parse_address(value: str) -> str:
     if _ADDRESS.match(value):
         return value
     raise DcxError(f"--ray {value!r} is not a Ray address (local, auto, HOST:PORT or ray://HOST:PORT); "
-                   "for a local Ray instance put --ray after ARCHIVE, or write --ray=local")
+                   "for a local Ray instance put --ray after ARCHIVE, or write --ray=local", exit_code=2)
 
 
 def screen_on_ray(options: run.ScreenOptions, address: str = "local", *,
@@ -80,7 +80,7 @@ def screen_on_ray(options: run.ScreenOptions, address: str = "local", *,
     ``options.out`` names the folder of Parquet parts. ``address`` as in :func:`parse_address`;
     an already initialised Ray connection (``ray.init`` by the caller) is used as it is.
     """
-    if format_for(options.out, options.fmt) != "parquet":
+    if (options.fmt or (format_for(options.out) if Path(options.out).suffix else "parquet")) != "parquet":
         raise DcxError(f"--ray writes a folder of Parquet parts: name --out like results.parquet "
                        f"(got {options.out}); dcx-merge turns the folder into CSV or JSONL")
     ray = _import_ray()
@@ -206,8 +206,7 @@ class _ScoreFiles:
         self._decoder = None
 
     def __call__(self, batch) -> dict[str, list]:
-        files = [Candidate(os.fsdecode(p), size, mtime_ns) for p, size, mtime_ns in
-                 zip(batch["path"].to_pylist(), batch["size"].to_pylist(), batch["mtime_ns"].to_pylist())]
+        files = _files_of(batch)
         rows = self._score(files)
         return {"path": [os.fsencode(f.path) for f in files], "size": [f.size for f in files],
                 "mtime_ns": [f.mtime_ns for f in files], "row": [json.dumps(r) for r in rows],
@@ -281,10 +280,15 @@ class _Pending:
                            "nothing was published -- rerun to score them")
 
 
+def _files_of(batch) -> list[Candidate]:
+    """The files of an Arrow batch with ``path`` (bytes), ``size`` and ``mtime_ns`` columns."""
+    return [Candidate(os.fsdecode(p), size, mtime_ns) for p, size, mtime_ns in
+            zip(batch["path"].to_pylist(), batch["size"].to_pylist(), batch["mtime_ns"].to_pylist())]
+
+
 def _unpack(batch) -> tuple[list[Candidate], list[dict]]:
-    files = [Candidate(os.fsdecode(p), size, mtime_ns) for p, size, mtime_ns in
-             zip(batch["path"].to_pylist(), batch["size"].to_pylist(), batch["mtime_ns"].to_pylist())]
-    return files, [json.loads(r) for r in batch["row"].to_pylist()]
+    """A result batch from the actors: the files and their rows."""
+    return _files_of(batch), [json.loads(r) for r in batch["row"].to_pylist()]
 
 
 def _watch(batches: Iterable, timeout_s: float, progress) -> Iterator:

@@ -151,8 +151,11 @@ class RowWriter(abc.ABC):
         self.partial = partial_path(self.path)
         self.columns = list(columns)
         self.rows_written = 0
-        self.partial.parent.mkdir(parents=True, exist_ok=True)
-        self._open()
+        try:
+            self.partial.parent.mkdir(parents=True, exist_ok=True)
+            self._open()
+        except OSError as exc:
+            raise DcxError(f"cannot write {self.partial}: {exc.strerror or exc}") from exc
 
     def write(self, rows: Iterable[dict]) -> None:
         rows = list(rows)

@@ -55,13 +55,13 @@ class StateDB:
     def __init__(self, path: str | os.PathLike, model_id: str):
         self.path = Path(path)
         self.model_id = model_id
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
             self._check_version()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise DcxError(f"{self.path} is not a usable dcx state database ({exc}); "
                            "pass another --state path or --no-state") from exc
         self._lock = threading.Lock()

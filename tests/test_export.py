@@ -92,7 +92,7 @@ def test_int8_writes_artefact_sidecar_and_calibration_manifest(int8_export, trai
     assert out.is_file() and sidecar_path(out).is_file()
     sidecar = json.loads(sidecar_path(out).read_text())
     assert sidecar["artefact"]["precision"] == "int8" == read_precision(out)
-    assert read_card(out).to_dict() == load_checkpoint(trained_checkpoint)[0].to_dict()
+    assert read_card(out).to_json() == load_checkpoint(trained_checkpoint)[0].to_json()
     assert json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}[CARD_KEY]) == sidecar["card"]
 
     # Calibrated on training-split images only, each listed with its sha256.

@@ -97,6 +97,9 @@ def test_one_row_per_file_broken_ones_with_reasons(trained_checkpoint, archive, 
             assert row["status"] == "ok", row
             probs = [v for k, v in row.items() if k.startswith("p_") and k != "p_positive"]
             assert abs(sum(probs) - 1) < 1e-4 and row["flagged"] == (row["p_positive"] >= row["threshold"])
+    reasons = {Path(r["path"]).name: r["reason"] for r in rows if r["status"] == "error"}
+    assert "empty" in reasons["empty.png"] and "unsupported format" in reasons["text.png"]
+    assert "100000x100000" in reasons["giant.png"]  # refused from its header, nothing allocated
     assert summary["counts"] == {"ok": len(rows) - len(broken), "skipped": 0, "error": len(broken)}
     assert summary["completed"] and summary["decoded_this_run"] == len(rows)
     assert set(summary["stage_s"]) == {"discover", "state", "decode", "infer", "write"}

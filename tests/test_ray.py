@@ -165,6 +165,11 @@ def test_ray_run_gives_one_row_per_file_and_the_local_scores(ray_cluster, traine
     assert summary["ray"]["actors"] == 1  # 2 CPUs: one actor, one CPU left for Ray's own stages
     assert summary["backend"] == "pytorch"
 
+    from dcx.engine import merge
+
+    invoke(merge.main, [out, "--out", tmp_path / "ray.csv"])  # the parts folder as one checked table
+    assert [r["path"] for r in read_rows(tmp_path / "ray.csv")] == sorted(local_rows, key=lambda p: p.split("/"))
+
     # the rerun reuses every row from the state database and needs no worker at all
     invoke(main, args, expect_exit=3)
     again = json.loads((tmp_path / "ray.summary.json").read_text())

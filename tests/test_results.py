@@ -125,3 +125,9 @@ def test_write_json_is_atomic(tmp_path):
     path = write_json(tmp_path / "s" / "summary.json", {"counts": {"ok": 3}})
     assert json.loads(path.read_text()) == {"counts": {"ok": 3}}
     assert [p.name for p in path.parent.iterdir()] == ["summary.json"]
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DcxError, match="cannot write"):
+        open_writer(tmp_path / "afile" / "r.csv", SCHEMA.columns)

@@ -104,3 +104,9 @@ def test_newer_schema_is_refused(tmp_path):
     con.close()
     with pytest.raises(DcxError, match="schema 99"):
         StateDB(path, "m")
+
+
+def test_unwritable_location_is_a_clear_error(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DcxError, match="not a usable dcx state database"):
+        StateDB(tmp_path / "afile" / "s.sqlite", "m")

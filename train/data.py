@@ -74,13 +74,13 @@ def _read_manifest(manifest: Path) -> list[Sample]:
     path_column = next((c for c in PATH_COLUMNS if c in columns), None)
     if path_column is None or "label" not in columns:
         raise DcxError(f"{manifest} needs the columns path,label[,split][,patient_id]; it has {','.join(columns) or 'none'}")
-    root = manifest.resolve().parent
+    root = manifest.absolute().parent
     samples, missing, seen = [], [], set()
     for line, raw in enumerate(rows, start=2):
         row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
         if not row[path_column] or not row["label"]:
             raise DcxError(f"{manifest} line {line}: empty {path_column if not row[path_column] else 'label'}")
-        path = (root / row[path_column]).resolve()
+        path = Path(os.path.normpath(root / row[path_column]))  # absolute; symlinks kept as named
         if path in seen:
             raise DcxError(f"{manifest} line {line}: {row[path_column]} is listed twice")
         seen.add(path)
@@ -97,7 +97,7 @@ def _read_manifest(manifest: Path) -> list[Sample]:
 
 
 def _read_class_folders(root: Path) -> list[Sample]:
-    root = root.resolve()
+    root = root.absolute()
     classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DcxError(f"no class folders in {root}: expected {root}/<class>/<images> or a CSV manifest")
