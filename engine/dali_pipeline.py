@@ -1,7 +1,7 @@
 """The DALI letterbox pipeline: encoded image bytes -> (N, 1, S, S) unit-gray tensors.
 
 One pipeline definition, :func:`letterbox_pipeline`, reproduces the preprocessing contract of
-:mod:`dcx.train.preprocess` (unit gray, letterbox with bilinear antialiasing, centred, pad 0).
+:mod:`dcx.train.preprocess` (unit gray, letterbox with bilinear antialiasing, centred, padded).
 Two choices are fixed when it is built:
 
 * the **device**: ``cpu`` (``device_id=None``) or ``gpu`` (the decoder runs as ``mixed``, so JPEG
@@ -92,7 +92,8 @@ def letterbox_pipeline(kind: str, gpu: bool, size: int, pad_value: float = 0.0, 
                 image = decoded = image.gpu()
         else:
             dtype = types.UINT16 if kind == "gray16" else types.UINT8
-            image = decoded = fn.decoders.image(feed["encoded"], output_type=types.GRAY, dtype=dtype, **decoder)
+            image = decoded = fn.decoders.image(feed["encoded"], output_type=types.GRAY, dtype=dtype,
+                                                **decoder)
         if kind.endswith("16"):
             image = dmath.clamp(image, on_device["clamp_lo"], on_device["clamp_hi"])
         # zeros around the image (fn.cat: a slice with out-of-bounds padding cost 5x more CPU)
@@ -141,27 +142,38 @@ class LetterboxPipeline:
         CPU, a CUDA tensor on the GPU --, the (height, width) each sample decoded to)."""
         if not 0 < len(samples) <= self.batch_size:
             raise ValueError(f"{len(samples)} samples for a batch of {self.batch_size}")
-        columns = dict(zip(_INPUTS, zip(*(self._feed(s) for s in samples))))
+        feeds = [self._feed(s) for s in samples]
         for name in _inputs(self.kind):
-            self._pipe.feed_input(name, list(columns[name]))
+            self._pipe.feed_input(name, [feed[name] for feed in feeds])
         try:
             images, shapes = self._pipe.run()
         except RuntimeError as exc:
             del self._pipe  # dead after a failure: free it before building the next one
             self._pipe = self._build()
-            raise BatchFailed(str(exc).strip().splitlines()[-1] if str(exc).strip() else "DALI error") from exc
+            lines = [line.strip() for line in str(exc).splitlines()]
+            what = " ".join(line for line in lines if line.startswith(("Error in", "Failed")))
+            raise BatchFailed(what or "DALI error") from exc
         shapes = shapes.as_cpu() if hasattr(shapes, "as_cpu") else shapes  # on the GPU in mixed mode
         decoded = [(int(h), int(w)) for h, w in np.array(shapes.as_tensor())[:, :2]]
         return self._copy_out(images.as_tensor(), len(samples)), decoded
 
-    def _feed(self, s: Sample) -> tuple:
+    def _feed(self, s: Sample) -> dict:
+        """The per-sample inputs: geometry from the core letterbox_geometry, the zero margins
+        (wider than the filter's reach), the value mapping with the edge normaliser folded in."""
         h, w, top, left = letterbox_geometry(s.height, s.width, self.size)
         pad = math.ceil(max(s.height / h, s.width / w, 1.0)) + 1
-        gain = edge_normaliser(s.height, s.width, h, w) * np.float32(s.scale)
-        return (s.data, np.float32(s.clamp[0]), np.float32(s.clamp[1]),
-                np.array([pad, s.width, 1], np.int32), np.array([s.height + 2 * pad, pad, 1], np.int32),
-                np.array([pad, pad], np.float32), np.array([pad + s.height, pad + s.width], np.float32),
-                np.array([h, w], np.float32), gain, np.float32(s.offset), np.array([-top, -left], np.int32))
+        return {
+            "encoded": s.data,
+            "clamp_lo": np.float32(s.clamp[0]), "clamp_hi": np.float32(s.clamp[1]),
+            "band_shape": np.array([pad, s.width, 1], np.int32),
+            "side_shape": np.array([s.height + 2 * pad, pad, 1], np.int32),
+            "roi_start": np.array([pad, pad], np.float32),
+            "roi_end": np.array([pad + s.height, pad + s.width], np.float32),
+            "resized": np.array([h, w], np.float32),
+            "gain": edge_normaliser(s.height, s.width, h, w) * np.float32(s.scale),
+            "offset": np.float32(s.offset),
+            "box_anchor": np.array([-top, -left], np.int32),
+        }
 
     def _copy_out(self, batch, n: int) -> np.ndarray | torch.Tensor:
         """Copy the outputs out of DALI's buffers (reused by the next run). On the CPU with numpy:

@@ -49,7 +49,7 @@ from .dali_pipeline import KINDS, BatchFailed, Sample, LetterboxPipeline
 # nvImageCodec's header parser and OpenCV's JPEG 2000 reader (both inside DALI) log every odd
 # file to stderr, over the progress bar; the outcome rows carry the reasons instead.
 os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "0")
-os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
 
 #: Refuse files above this size before reading them (no radiograph comes near it).
 MAX_FILE_BYTES = 1 << 30
@@ -114,7 +114,7 @@ class Decoder:
             raise DcxError(f"the DALI decoder implements letterbox + bilinear-antialias resizing, not "
                            f"{preprocess.resize} + {preprocess.interpolation}")
         try:
-            import nvidia.dali  # noqa: F401
+            import nvidia.dali  # noqa: F401  (fail here, with advice, rather than mid-run)
         except ImportError as exc:
             raise DcxError("DALI is not installed: pip install nvidia-dali-cuda130") from exc
         self.preprocess, self.device = preprocess, device
@@ -206,7 +206,9 @@ class Decoder:
             item.unit_gray = item.reference()
         except DcxError as exc:
             item.outcome.status, item.outcome.reason = "error", exc.message
-        except Exception as exc:  # a decoder bug must not cost the batch
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # a decoder bug (or a Rust panic) must not cost the batch
             item.outcome.status, item.outcome.reason = "error", f"{dali_problem}; reference: {exc}"
 
     # ------------------------------------------------------------------ one file
@@ -226,7 +228,9 @@ class Decoder:
             outcome.status, outcome.reason = "skipped", exc.message
         except DcxError as exc:
             outcome.status, outcome.reason = "error", exc.message
-        except Exception as exc:  # hostile bytes find bugs anywhere: one row, never a crash
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # hostile bytes find bugs anywhere: one row, never a crash
             outcome.status, outcome.reason = "error", f"unexpected {type(exc).__name__}: {exc}"[:300]
         return _Item(outcome)
 
@@ -270,7 +274,8 @@ class Decoder:
             return None
         transform = image.transform
         if header.precision == 8 and not transform.clips:
-            return "gray8", Sample(_array(frame), image.rows, image.columns, transform.scale, transform.offset)
+            sample = Sample(_array(frame), image.rows, image.columns, transform.scale, transform.offset)
+            return "gray8", sample
         # decoded to uint16, DALI stretches 8-bit data to the full range (x257); deeper data stay raw
         return "gray16", _windowed(_array(frame), image, gain=257.0 if header.precision == 8 else 1.0)
 
@@ -299,7 +304,7 @@ def _read(path: Path) -> bytes:
     except PermissionError:
         raise DcxError("permission denied") from None
     except FileNotFoundError:
-        raise DcxError("file not found (removed during the run?)") from None
+        raise DcxError("file not found") from None
     except OSError as exc:
         raise DcxError(f"cannot read: {exc.strerror or exc}") from None
     if not data:
@@ -333,7 +338,8 @@ def _raster_kind(header) -> str | None:
     if dtype == "uint8" and precision == 8:
         if channels == 1:
             return "gray8"
-        if channels in (2, 3, 4) and header.color_spec not in (nvimgcodec.ColorSpec.CMYK, nvimgcodec.ColorSpec.YCCK):
+        ink = header.color_spec in (nvimgcodec.ColorSpec.CMYK, nvimgcodec.ColorSpec.YCCK)
+        if channels in (2, 3, 4) and not ink:
             return "rgb8"
     if dtype == "uint16" and precision == 16 and channels == 1:
         return "gray16"

@@ -113,16 +113,16 @@ class PixelTransform:
             raise DcxError(f"BitsStored {bits} is not a usable bit depth")
         signed = _int(ds, "PixelRepresentation", 0) == 1
         invert = str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1"
-        low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-        if "ModalityLUTSequence" in ds or "VOILUTSequence" in ds or _window(ds, sigmoid=True):
+        window = _window(ds)
+        if "ModalityLUTSequence" in ds or "VOILUTSequence" in ds or (window and window[2] == "SIGMOID"):
             return cls(bits, signed, float("nan"), float("nan"), linear=False, _dataset=ds)
 
         slope = _float(ds, "RescaleSlope", 1.0) or 1.0
         intercept = _float(ds, "RescaleIntercept", 0.0)
-        window = _window(ds)
         if window is not None:
             a, b = _window_affine(*window)
         else:  # full range of the stored bits, after the modality rescale
+            low, high = _stored_range(bits, signed)
             m0, m1 = sorted((slope * low + intercept, slope * high + intercept))
             a, b = (1.0 / (m1 - m0), -m0 / (m1 - m0)) if m1 > m0 else (0.0, 0.0)
         scale, offset = a * slope, a * intercept + b
@@ -131,17 +131,10 @@ class PixelTransform:
         return cls(bits, signed, scale, offset)
 
     @property
-    def stored_range(self) -> tuple[int, int]:
-        """The smallest and largest value the stored bits can hold."""
-        if self.signed:
-            return -(1 << (self.bits_stored - 1)), (1 << (self.bits_stored - 1)) - 1
-        return 0, (1 << self.bits_stored) - 1
-
-    @property
     def clips(self) -> bool:
         """Whether some storable value falls outside [0, 1] (a window narrower than the data
         range), so the clip must happen before resizing."""
-        lo, hi = self.stored_range
+        lo, hi = _stored_range(self.bits_stored, self.signed)
         ends = (self.scale * lo + self.offset, self.scale * hi + self.offset)
         return not self.linear or min(ends) < -1e-6 or max(ends) > 1 + 1e-6
 
@@ -177,10 +170,10 @@ class PixelTransform:
             top = max((1 << int(ds.VOILUTSequence[0].LUTDescriptor[2])) - 1, 1)
             indices = np.rint(modality).astype(np.int64)  # a LUT is indexed by integers
             unit = apply_voi_lut(indices, ds, prefer_lut=True).astype(np.float64) / top
-        elif (window := _window(ds, sigmoid=True)) is not None:
+        elif (window := _window(ds)) is not None and window[2] == "SIGMOID":
             center, width, _ = window
             unit = 1.0 / (1.0 + np.exp(-4.0 * (modality.astype(np.float64) - center) / width))
-        elif (window := _window(ds)) is not None:
+        elif window is not None:
             a, b = _window_affine(*window)
             unit = a * modality.astype(np.float64) + b
         else:  # a Modality LUT table and no window: the table's output range
@@ -242,7 +235,9 @@ class DicomImage:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 decoded = pixel_array(self.dataset, index=0, decoding_plugin=self._plugin())
-        except Exception as exc:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # plugins written in Rust (pylibjpeg-rle) panic with a BaseException
             raise DcxError(f"cannot decode {self.transfer_syntax.name} pixel data ({_why(exc)})") from exc
         if decoded.shape[:2] != (self.rows, self.columns):
             raise DcxError(f"decoded frame is {decoded.shape[1]}x{decoded.shape[0]}, "
@@ -287,26 +282,32 @@ def open_dicom(source: str | os.PathLike | bytes, *, include_phi: bool = False,
     pixels: is it an image, do the series rules accept it, are its dimensions sane and below
     ``MAX_PIXELS``. Raises :class:`Skipped` or :class:`DcxError` with the reason."""
     fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+    # pydicom warns about every oddity of hostile headers; the outcome carries what matters
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
             import pydicom
 
             ds = pydicom.dcmread(fp, force=True, defer_size=_DEFER)
-    except Exception as exc:
-        raise DcxError(f"not a readable DICOM file ({_why(exc)})") from exc
-    # pydicom only warns when the file ends inside an element, and may return what it read
-    ended_early = any("End of file" in str(w.message) for w in caught)
-    _ensure_transfer_syntax(ds)
+        except Exception as exc:
+            raise DcxError(f"not a readable DICOM file ({_why(exc)})") from exc
+        ended_early = any("End of file" in str(w.message) for w in caught)
+        _check_header(ds, ended_early, series_rules)
+        return DicomImage(ds, include_phi=include_phi)
 
+
+def _check_header(ds, ended_early: bool, series_rules: SeriesRules | None) -> None:
+    _ensure_transfer_syntax(ds)
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        if ended_early or ("Rows" in ds and "Columns" in ds):
-            raise DcxError("the file ends before its pixel data does (truncated?)")
-        if len(ds) == 0:
-            raise DcxError("no DICOM data set after the file meta information")
-        raise Skipped(f"not an image: {_sop_class(ds)} has no pixel data")
+        sop_class = _sop_class(ds)
+        # pydicom returns what it read when a file ends early: an image object cut short, or
+        # too little to say what it was. Only a known non-image class is skipped.
+        if ended_early or "Rows" in ds or sop_class is None or "Image Storage" in sop_class:
+            raise DcxError(f"{sop_class or 'an object of unknown class'} without pixel data "
+                           "(truncated or corrupt?)")
+        raise Skipped(f"not an image: {sop_class} has no pixel data")
     if "PixelData" not in ds:
-        raise Skipped(f"not a radiograph: {_sop_class(ds)} holds float pixel data")
+        raise Skipped(f"not a radiograph: {_sop_class(ds) or 'the object'} holds float pixel data")
     if series_rules is not None and (why := series_rules.violation(ds)):
         raise Skipped(why)
 
@@ -319,7 +320,6 @@ def open_dicom(source: str | os.PathLike | bytes, *, include_phi: bool = False,
         raise DcxError(f"SamplesPerPixel {_int(ds, 'SamplesPerPixel', 1)} is not supported")
     if _int(ds, "BitsAllocated", 0) not in (1, 8, 16, 32):
         raise DcxError(f"BitsAllocated {_int(ds, 'BitsAllocated', 0)} is not supported")
-    return DicomImage(ds, include_phi=include_phi)
 
 
 def read_unit_gray(path: str | os.PathLike) -> np.ndarray:
@@ -362,27 +362,28 @@ def _meta(ds, include_phi: bool) -> dict:
     return meta
 
 
-def _window(ds, *, sigmoid: bool = False):
-    """The first usable window as (center, width, exact: bool | "sigmoid"), else None.
-
-    With ``sigmoid=True`` only a SIGMOID window is returned (it makes the transform nonlinear)."""
+def _window(ds) -> tuple[float, float, str] | None:
+    """The first usable VOI window as (center, width, VOILUTFunction), else None. A LINEAR
+    window narrower than 1 (or any window of width <= 0) is unusable and ignored."""
     function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
-    if sigmoid != (function == "SIGMOID"):
-        return None
+    if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+        function = "LINEAR"
     center, width = _first_float(ds, "WindowCenter"), _first_float(ds, "WindowWidth")
-    if center is None or width is None:
+    if center is None or width is None or width <= (1 if function == "LINEAR" else 0):
         return None
-    if function == "SIGMOID":
-        return (center, width, "sigmoid") if width > 0 else None
-    exact = function == "LINEAR_EXACT"
-    return (center, width, exact) if (width > 0 if exact else width > 1) else None
+    return center, width, function
 
 
-def _window_affine(center: float, width: float, exact: bool) -> tuple[float, float]:
+def _window_affine(center: float, width: float, function: str) -> tuple[float, float]:
     """A linear VOI window as y = a * m + b (before clipping), PS3.3 C.11.2.1.2 / C.11.2.1.3.2."""
-    if exact:
+    if function == "LINEAR_EXACT":
         return 1.0 / width, 0.5 - center / width
     return 1.0 / (width - 1), 0.5 - (center - 0.5) / (width - 1)
+
+
+def _stored_range(bits: int, signed: bool) -> tuple[int, int]:
+    """The smallest and largest value ``bits`` stored bits can hold."""
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
 
 
 def _first_float(ds, keyword: str) -> float | None:
@@ -412,14 +413,13 @@ def _int(ds, keyword: str, default: int) -> int:
         return default
 
 
-def _sop_class(ds) -> str:
-    uid = ds.get("SOPClassUID") or getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID")
-    if uid is None:
-        return "an object without SOP class"
+def _sop_class(ds) -> str | None:
+    """The registered name of the object's SOP class; None when absent or not a known class."""
     from pydicom.uid import UID
 
-    name = UID(str(uid)).name
-    return name if name != str(uid) else f"SOP class {uid}"
+    uid = ds.get("SOPClassUID") or getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID")
+    name = UID(str(uid)).name if uid else None
+    return name if name and name != str(uid) else None
 
 
 def _why(exc: BaseException) -> str:

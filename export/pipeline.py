@@ -79,9 +79,10 @@ def run_export(req: ExportRequest, echo: Callable[[str], None], warn: Callable[[
     req.out = req.out or default_out(req.source, card, req.precision)
     _refuse_existing(req, [req.onnx_out, sidecar_path(req.onnx_out), calibration_manifest_path(req.onnx_out)]
                      + ([req.out, sidecar_path(req.out)] if req.wants_plan else []))
-    evaluation = samples_mod.evaluation_samples(card, req.eval_data)
+    check = _Verification(card, samples_mod.evaluation_samples(card, req.eval_data), req.strict, echo, warn)
     onnx_path = _write_onnx(req, model, card, echo)
-    _verify_onnx(req, onnx_path, model, card, evaluation, echo, warn)
+    reference = verify.pytorch_runner(model, card)
+    _verify_onnx(check, onnx_path, reference, req.precision)
     if not req.wants_plan:
         return onnx_path
     reason = tensorrt_unavailable_reason()
@@ -90,7 +91,7 @@ def run_export(req: ExportRequest, echo: Callable[[str], None], warn: Callable[[
                        f"artefacts were written; finish it on a GPU machine with: {finish_command(req, onnx_path)}",
                        exit_code=EXIT_PLAN_NOT_BUILT)
     plan = _build(req, onnx_path, echo)
-    _verify_plan(req, plan, verify.pytorch_runner(model, card), card, evaluation, "PyTorch", echo, warn)
+    _verify_plan(check, plan, reference, "PyTorch")
     return plan
 
 
@@ -163,64 +164,70 @@ def _quantize(req: ExportRequest, fp32: Path, card: ModelCard, echo):
     return proto, calibration
 
 
-def _parity_images(card: ModelCard, evaluation) -> tuple[torch.Tensor, str]:
-    if evaluation is not None:
-        batch = next(iter(samples_mod.Batches(evaluation[0][:PARITY_IMAGES], card, PARITY_IMAGES)), None)
-        if batch is not None:
-            return batch[0], f"{len(batch[0])} images of {evaluation[1]}"
-    images = verify.sample_images(card, 8)
-    return images, f"{len(images)} synthetic images (no evaluation data)"
+@dataclass
+class _Verification:
+    """Runs a candidate (ONNX Runtime or TensorRT) against a reference and judges the result."""
+
+    card: ModelCard
+    evaluation: tuple[list, str] | None  # (samples, where they came from)
+    strict: bool
+    echo: Callable[[str], None]
+    warn: Callable[[str], None]
+
+    def run(self, candidate, reference, name: str, reference_name: str, label: str, *, exact: bool) -> dict:
+        images, what = self._parity_images()
+        parity = verify.parity(reference, candidate, images)
+        self.echo(f"{name} vs {reference_name} on {what}: max |delta p| {parity['max_abs_dprob']:.2e}, "
+                  f"argmax agreement {parity['argmax_agreement']:.1%}")
+        result = {"reference": reference_name, "parity": {**parity, "images": what}}
+        if exact:
+            verify.check_fp32_parity(parity, label)
+            return {**result, "passed": True}
+        if self.evaluation is None:
+            self._fail_or_warn(f"{label}: no validation data to verify accuracy on (the checkpoint records no "
+                               "validation split); pass --eval DATA")
+            return {**result, "passed": None}
+        samples, origin = self.evaluation
+        report = verify.accuracy(reference, candidate, self.card, samples_mod.Batches(samples, self.card))
+        report["origin"] = origin
+        self.echo(f"{name} vs {reference_name} on {origin}: {verify.describe(report)}")
+        problems = verify.accuracy_problems(report)
+        if problems:
+            self._fail_or_warn(f"{label} differs from {reference_name} by more than "
+                               f"{100 * verify.ACCURACY_TOLERANCE:g} point on {origin}: {'; '.join(problems)}")
+        return {**result, "accuracy": report, "passed": not problems, "problems": problems}
+
+    def _parity_images(self) -> tuple[torch.Tensor, str]:
+        """Real images when there are any (first of the evaluation set), else seeded stand-ins."""
+        if self.evaluation is not None:
+            samples, origin = self.evaluation
+            batch = next(iter(samples_mod.Batches(samples[:PARITY_IMAGES], self.card, PARITY_IMAGES)), None)
+            if batch is not None:
+                return batch[0], f"{len(batch[0])} images of {origin}"
+        images = verify.sample_images(self.card, 8)
+        return images, f"{len(images)} synthetic images (no evaluation data)"
+
+    def _fail_or_warn(self, message: str) -> None:
+        if self.strict:
+            raise DcxError(message)
+        self.warn(message)
 
 
-def _verify_onnx(req, onnx_path: Path, model: DcxNet, card: ModelCard, evaluation, echo, warn) -> None:
+def _verify_onnx(check: _Verification, onnx_path: Path, reference, precision: str) -> None:
     from dcx.engine.backends import open_backend
 
-    reference = verify.pytorch_runner(model, card)
     with open_backend(onnx_path, device="cpu") as backend:
-        result = _verify(req, backend.infer, reference, card, evaluation, "ONNX Runtime", "PyTorch", echo, warn,
-                         exact=req.precision == "fp32", label=onnx_path.name)
+        result = check.run(backend.infer, reference, "ONNX Runtime", "PyTorch", onnx_path.name,
+                           exact=precision == "fp32")
     update_sidecar(onnx_path, verification={"onnxruntime": result})
 
 
-def _verify_plan(req, plan: Path, reference, card, evaluation, reference_name, echo, warn) -> None:
+def _verify_plan(check: _Verification, plan: Path, reference, reference_name: str) -> None:
     from dcx.engine.backends import open_backend
 
     with open_backend(plan, device="cuda") as backend:
-        result = _verify(req, backend.infer, reference, card, evaluation, "TensorRT", reference_name, echo, warn,
-                         exact=False, label=plan.name)
+        result = check.run(backend.infer, reference, "TensorRT", reference_name, plan.name, exact=False)
     update_sidecar(plan, verification={"tensorrt": result})
-
-
-def _verify(req, candidate, reference, card, evaluation, name, reference_name, echo, warn, *, exact, label) -> dict:
-    images, what = _parity_images(card, evaluation)
-    parity = verify.parity(reference, candidate, images)
-    echo(f"{name} vs {reference_name} on {what}: max |delta p| {parity['max_abs_dprob']:.2e}, "
-         f"argmax agreement {parity['argmax_agreement']:.1%}")
-    result = {"reference": reference_name, "parity": {**parity, "images": what}}
-    if exact:
-        verify.check_fp32_parity(parity, label)
-        result["passed"] = True
-        return result
-    if evaluation is None:
-        message = (f"{label}: no validation data to verify accuracy on (the checkpoint records no validation "
-                   "split); pass --eval DATA")
-        if req.strict:
-            raise DcxError(message)
-        warn(message)
-        result["passed"] = None
-        return result
-    report = verify.accuracy(reference, candidate, card, samples_mod.Batches(evaluation[0], card))
-    report["origin"] = evaluation[1]
-    echo(f"{name} vs {reference_name} on {evaluation[1]}: {verify.describe(report)}")
-    problems = verify.accuracy_problems(report)
-    result.update(accuracy=report, passed=not problems, problems=problems)
-    if problems:
-        message = (f"{label} differs from {reference_name} by more than {100 * verify.ACCURACY_TOLERANCE:g} point "
-                   f"on {evaluation[1]}: {'; '.join(problems)}")
-        if req.strict:
-            raise DcxError(message)
-        warn(message)
-    return result
 
 
 def _build(req: ExportRequest, onnx_path: Path, echo) -> Path:
@@ -239,16 +246,16 @@ def _plan_from_onnx(req: ExportRequest, echo, warn) -> Path:
     graph_precision = read_precision(req.source)
     if req.precision is not None and req.precision != graph_precision:
         raise DcxError(f"{req.source.name} is an {graph_precision} graph and a plan takes its precision from the "
-                       f"graph; export a {req.precision} ONNX from the checkpoint first")
+                       f"graph; make one with dcx-export CKPT --precision {req.precision} --out NAME.onnx")
     _refuse_existing(req, [req.out, sidecar_path(req.out)])
     reason = tensorrt_unavailable_reason()
     if reason is not None:
         raise DcxError(f"the TensorRT plan needs TensorRT and an NVIDIA GPU ({reason}); run "
                        f"{finish_command(req, req.source)} on a machine that has both", exit_code=EXIT_PLAN_NOT_BUILT)
-    evaluation = samples_mod.evaluation_samples(card, req.eval_data)
+    check = _Verification(card, samples_mod.evaluation_samples(card, req.eval_data), req.strict, echo, warn)
     plan = _build(req, req.source, echo)
     from dcx.engine.backends import open_backend
 
     with open_backend(req.source, device="cpu") as onnx_runtime:
-        _verify_plan(req, plan, onnx_runtime.infer, card, evaluation, "ONNX Runtime", echo, warn)
+        _verify_plan(check, plan, onnx_runtime.infer, "ONNX Runtime")
     return plan

@@ -131,29 +131,3 @@ def _quiet_quantizer():
     finally:
         logging.disable(previous)
 
-
-@contextlib.contextmanager
-def _quiet_quantizer():
-    """The quantizer prints progress to stdout and routine notices as root-logger warnings."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logging.disable(previous)
-
-
-def _classifier_head(model) -> list[str]:
-    """Names of the nodes from the head's conv to the class maps (conv [+ ReLU])."""
-    producer = {out: node for node in model.graph.node for out in node.output}
-    reduce = [n for n in model.graph.node if n.op_type == "ReduceMean"]
-    if len(reduce) != 1:
-        raise DcxError(f"expected one ReduceMean (the class-map average) in the graph, found {len(reduce)}")
-    head, node = [], producer.get(reduce[0].input[0])
-    while node is not None and node.op_type in ("Relu", "Conv"):
-        head.append(node.name)
-        if node.op_type == "Conv":
-            return head
-        node = producer.get(node.input[0])
-    raise DcxError("cannot find the classifier head (a 1x1 Conv before the class-map average) in the graph")

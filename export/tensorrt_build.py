@@ -103,7 +103,7 @@ def build_plan(onnx_path: str | os.PathLike, out: str | os.PathLike, *, min_batc
                 "workspace_bytes": int(workspace_gb * (1 << 30)), "timing_cache": os.fspath(cache_path),
                 "build_seconds": round(build_seconds, 1)}
     write_json_atomic(sidecar_path(out), {"card": source["card"], "artefact": artefact, "tensorrt": tensorrt,
-                                          **{k: v for k, v in source.items() if k in ("calibration",)}})
+                                          **{k: v for k, v in source.items() if k in ("calibration", "source")}})
     return out
 
 

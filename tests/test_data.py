@@ -216,6 +216,7 @@ def test_dataset_reads_with_the_reference_reader(tmp_path):
     path = write_png(tmp_path / "covid" / "a.png", seed=4, size=(50, 30))
     image, target = ImageDataset([Sample(path, "covid")], ["normal", "covid"], EvalPreset(size=24))[0]
     assert target == 1 and torch.equal(image, Preprocess(24)(read_unit_gray(path)))
+    assert ImageDataset([Sample(path, "other")], ["normal", "covid"], EvalPreset(size=24))[0][1] == -1
 
 
 # -- presets ---------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def rasters(tmp_path_factory) -> dict[str, Path]:
     files = {}
 
     def save(name, array, mode=None, **kw):
-        Image.fromarray(array, mode).save(d / name, **kw) if mode else Image.fromarray(array).save(d / name, **kw)
+        (Image.fromarray(array, mode) if mode else Image.fromarray(array)).save(d / name, **kw)
         files[name] = d / name
 
     save("gray.png", g)
@@ -161,7 +161,8 @@ def test_dicom_frames_match_the_training_transform(decoder, dicoms):
 
 def test_cxr_dev_matches_the_training_transform(shared_data):
     """Every tenth cxr-dev file (8-bit gray PNG, RGB/RGBA PNG, JPEG, WebP) at 224 px."""
-    paths = sorted(p for p in (shared_data / "cxr-dev").rglob("*") if p.suffix != ".csv" and p.is_file())[::10]
+    every = sorted(p for p in (shared_data / "cxr-dev").rglob("*") if p.suffix != ".csv" and p.is_file())
+    paths = every[::10]
     with Decoder(Preprocess(224), batch_size=16) as dec:
         batch = dec.decode(paths)
         assert [o.status for o in batch.outcomes] == ["ok"] * len(paths)
@@ -239,7 +240,8 @@ def test_empty_input(decoder):
 
 def png_claiming(width: int, height: int) -> bytes:
     def chunk(kind, payload):
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        crc = struct.pack(">I", zlib.crc32(kind + payload))
+        return struct.pack(">I", len(payload)) + kind + payload + crc
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
             + chunk(b"IEND", b""))
@@ -274,8 +276,12 @@ def test_every_bad_file_gets_an_error_with_its_reason(tmp_path, rasters, monkeyp
     locked.chmod(0)
     if os.access(locked, os.R_OK):  # root reads anything: make the OS refuse as it would
         real = Path.read_bytes
-        monkeypatch.setattr(Path, "read_bytes", lambda self: (_ for _ in ()).throw(PermissionError(13, "denied"))
-                            if self.name == "locked.png" else real(self))
+
+        def read_bytes(self):
+            if self.name == "locked.png":
+                raise PermissionError(13, "Permission denied")
+            return real(self)
+        monkeypatch.setattr(Path, "read_bytes", read_bytes)
     expected = {
         "empty.png": "empty file",
         "truncated.png": "truncated",
@@ -300,6 +306,34 @@ def test_every_bad_file_gets_an_error_with_its_reason(tmp_path, rasters, monkeyp
     assert [o.status for o in batch.outcomes[-2:]] == ["ok", "ok"]
     assert batch.outcomes[-2].format == "png"
     assert batch.rows_of_images == [len(paths) - 2, len(paths) - 1]
+
+
+def test_mangled_files_each_get_one_outcome(tmp_path, rasters, dicoms):
+    """Flipped bytes, cuts and overwritten blocks in every format, all in one call: nothing
+    raises, every file gets ok or error (a mangled image is never a 'skipped' non-image)."""
+    rng = np.random.default_rng(7)
+    sources = [rasters[n] for n in ("gray.png", "gray.jpg", "gray.tif", "gray.jp2", "rgb.png")]
+    sources += [dicoms[f"{v}.dcm"] for v in DICOM_VARIANTS]
+    paths = []
+    for k in range(4 * len(sources)):
+        data = bytearray(sources[k % len(sources)].read_bytes())
+        if k % 4 == 0:
+            data = data[:int(rng.integers(1, len(data)))]
+        elif k % 4 == 1:
+            for at in rng.integers(0, len(data), 12):
+                data[at] = int(rng.integers(0, 256))
+        else:
+            at = int(rng.integers(len(data) // 4, len(data) - 64))
+            data[at:at + 64] = rng.integers(0, 256, 64, dtype=np.uint8).tobytes()
+        paths.append(tmp_path / f"m{k:02d}{sources[k % len(sources)].suffix}")
+        paths[-1].write_bytes(bytes(data))
+    with Decoder(Preprocess(SIZE), batch_size=8) as dec:
+        batch = dec.decode(paths)
+    assert len(batch.outcomes) == len(paths)
+    assert {o.status for o in batch.outcomes} <= {"ok", "error"}
+    assert all(o.reason for o in batch.outcomes if o.status == "error")
+    assert batch.images.shape[0] == sum(o.status == "ok" for o in batch.outcomes)
+    assert torch.isfinite(batch.images).all() and batch.images.min() >= 0 and batch.images.max() <= 1 + 1e-5
 
 
 def test_dicom_outcomes_carry_metadata_and_phi_only_on_request(dicoms):

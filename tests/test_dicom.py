@@ -288,7 +288,16 @@ def test_truncated_encapsulated_file_is_an_error_not_a_skip(tmp_path):
     with pytest.raises(DcxError) as caught:
         dicom.read_unit_gray(path)
     assert not isinstance(caught.value, dicom.Skipped)
-    assert "pixel data" in caught.value.message
+    assert "truncated" in caught.value.message
+
+
+def test_image_cut_inside_its_header_is_an_error_not_a_skip(tmp_path):
+    path = native(tmp_path, RAMP)
+    path.write_bytes(path.read_bytes()[:600])  # before Rows: only the first elements survive
+    with pytest.raises(DcxError) as caught:
+        dicom.open_dicom(path)
+    assert not isinstance(caught.value, dicom.Skipped)
+    assert "Digital X-Ray Image Storage - For Presentation without pixel data" in caught.value.message
 
 
 def test_garbage_is_not_a_readable_dicom(tmp_path):

@@ -115,7 +115,7 @@ def test_ctrl_c_saves_and_resume_continues_with_the_next_batch(tmp_path, monkeyp
     assert "interrupted in epoch 1/2 after 2 batch(es)" in result.output and "--resume" in result.output
     _, _, state = load_checkpoint(run / "last.pt")
     assert (state["epoch"], state["batches_done"]) == (0, 2)
-    assert not (run / "best.pt").exists()
+    assert not (run / "best.pt").exists() and "interrupted in epoch 1/2" in (run / "train.log").read_text()
 
     invoke(main, args, expect_exit=1)  # a run is there: refuses to overwrite it silently
     calls.clear()
@@ -155,6 +155,7 @@ def test_force_starts_over_and_youden_policy_is_recorded(tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--positive", "tuberculosis"], "--positive tuberculosis is not a class"),
     (["--epochs", 0], "--epochs and --batch-size must be at least 1"),
+    (["--weights", "nowhere.pt"], "weights file not found: nowhere.pt"),
     (["--device", "cuda"], "no CUDA device") if not torch.cuda.is_available() else (["--lr", -1], "--lr positive"),
 ])
 def test_user_mistakes_are_one_line_errors(tmp_path, extra, message):

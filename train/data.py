@@ -204,7 +204,10 @@ class Unreadable(NamedTuple):
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """(image tensor (1, S, S), class index) per sample, read by the reference reader."""
+    """(image tensor (1, S, S), class index) per sample, read by the reference reader.
+
+    A label outside ``classes`` gets index -1 (evaluation data may hold classes the model lacks).
+    """
 
     def __init__(self, samples: list[Sample], classes: list[str],
                  transform: Callable[[object], torch.Tensor]):
@@ -229,7 +232,7 @@ class ImageDataset(torch.utils.data.Dataset):
                     image = self.transform(image)
         except (DcxError, OSError) as exc:
             return Unreadable(i, exc.message if isinstance(exc, DcxError) else f"{sample.path}: {exc}")
-        return image, self.class_index[sample.label]
+        return image, self.class_index.get(sample.label, -1)
 
 
 class EpochSampler(torch.utils.data.Sampler):

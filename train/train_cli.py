@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from .card import load_checkpoint
 from .errors import DcxError
 from .models import list_models
 from .trainer import TrainConfig, TrainingInterrupted, default_workers, train
@@ -68,11 +69,8 @@ def main(data, out, resume, force, **options):
     config = TrainConfig(data=data or "", out=out, **options)
     try:
         best = train(config, resume=resume, force=force)
-    except TrainingInterrupted as stop:
-        click.echo(str(stop), err=True)
+    except TrainingInterrupted:  # the trainer has said where the state is and how to resume
         raise SystemExit(130) from None
-    from .card import load_checkpoint
-
     card, _, _ = load_checkpoint(best)
     v = card.metrics["validation"]
     click.echo(f"{best}: {card.arch}, val AUC {v['auc']:.4f}, threshold {card.threshold:.4g} "

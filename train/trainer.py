@@ -71,7 +71,7 @@ class TrainConfig:
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C during training; last.pt holds the state, the message says how to resume."""
+    """Ctrl-C during training; last.pt holds the state, the message (already logged) says how to resume."""
 
 
 def cpu_count() -> int:
@@ -148,7 +148,6 @@ class Run:
     def __init__(self, config: TrainConfig, splits: dict[str, list[Sample]], card: ModelCard, state: dict | None):
         self.config, self.splits, self.card = config, splits, card
         self.out = Path(config.out)
-        self.log = RunLog(self.out / LOG)
         self.classes = card.classes
         self.positive_index = card.positive_index
         self.device = _device(config.device)
@@ -190,12 +189,13 @@ class Run:
         self.best_auc, self.best_epoch = -math.inf, 0
         self.unreadable: dict[str, str] = {}
         self.card.training.update(self._training_record(counts))
-        if state is not None:
-            self._load_state(state)
+        self.log = RunLog(self.out / LOG)
         self.log(f"{config.arch} ({_describe_weights(config)}) on {self.device.type}"
                  f"{' ' + str(self.amp_dtype).removeprefix('torch.') if self.amp_dtype else ''}, "
                  f"{workers} loader workers; images train {len(splits['train'])} / val {len(splits['val'])} / "
                  f"test {len(splits['test'])}; classes {', '.join(self.classes)} (positive {card.positive})")
+        if state is not None:
+            self._load_state(state)
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -287,9 +287,10 @@ class Run:
                 self._validate_and_save(train_loss, time.monotonic() - started)
         except KeyboardInterrupt:
             self._save_last()
-            raise TrainingInterrupted(
-                f"interrupted in epoch {self.epoch + 1}/{self.config.epochs} after {self.batches_done} batch(es); "
-                f"state saved to {self.out / LAST}. Continue with: dcx-train --out {self.out} --resume") from None
+            message = (f"interrupted in epoch {self.epoch + 1}/{self.config.epochs} after {self.batches_done} "
+                       f"batch(es); state saved to {self.out / LAST}. Continue with: dcx-train --out {self.out} --resume")
+            self.log(message)
+            raise TrainingInterrupted(message) from None
 
     def _train_epoch(self) -> float:
         self.model.train()
@@ -323,18 +324,19 @@ class Run:
         record = {"epoch": self.epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_auc": auc,
                   "val_sensitivity": point["sensitivity"], "val_specificity": point["specificity"],
                   "lr": self.scheduler.get_last_lr()[0], "seconds": round(seconds, 1)}
-        self.history.append(record)
-        with open(self.out / HISTORY, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        improved = auc > self.best_auc  # nan never improves
+        improved = auc > self.best_auc or self.best_epoch == 0  # nan never improves (but epoch 1 is kept)
         self.log(f"epoch {record['epoch']}/{self.config.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
                  f"val AUC {auc:.4f}  sens {point['sensitivity']:.3f} spec {point['specificity']:.3f} @0.5  "
                  f"lr {record['lr']:.2e}  {seconds:.0f}s{'  *best*' if improved else ''}")
-        self.epoch, self.batches_done, self.loss_sum, self.loss_count = self.epoch + 1, 0, 0.0, 0
-        if improved or self.best_epoch == 0:
-            self.best_auc, self.best_epoch = auc, self.epoch
-            self.card.metrics = {"validation": {"auc": auc, "epoch": self.epoch}}
+        if improved:
+            self.card.metrics = {"validation": {"auc": auc, "epoch": record["epoch"]}}
             save_checkpoint(self.out / BEST, _cpu_state(self.model), self.card)
+            self.best_auc, self.best_epoch = auc, record["epoch"]
+        # The epoch is done: advance the in-memory state first, so a Ctrl-C from here on saves it as done.
+        self.history.append(record)
+        self.epoch, self.batches_done, self.loss_sum, self.loss_count = self.epoch + 1, 0, 0.0, 0
+        with open(self.out / HISTORY, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
         self._save_last()
 
     def _save_last(self) -> None:
