@@ -39,7 +39,7 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "test": ["pytest>=8", "pyarrow>=14"],
+        "test": ["pytest>=8", "pyarrow>=14", "ray[data]==2.60.0"],
         "parquet": ["pyarrow>=14"],
         # What a GPU box adds. TensorRT's PyPI packages fetch their libraries from
         # NVIDIA's index at install time, so this extra needs that index reachable.

@@ -12,7 +12,8 @@ from dcx.train.errors import DcxError
 from .results import FORMATS
 from .run import ScreenOptions, screen
 
-EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_FILE_ERRORS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: Exit codes besides 0 (all scored or skipped), 1 (DcxError) and 2 (usage); see the help text.
+EXIT_FILE_ERRORS, EXIT_INTERRUPTED = 3, 130
 
 
 def _default_decode_threads() -> int:
