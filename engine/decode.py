@@ -30,6 +30,7 @@ is (``@pytest.mark.gpu``): nvJPEG's IDCT may move JPEG pixels by a gray level or
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import stat
 from collections import Counter
@@ -113,10 +114,8 @@ class Decoder:
         if (preprocess.resize, preprocess.interpolation) != ("letterbox", "bilinear-antialias"):
             raise DcxError(f"the DALI decoder implements letterbox + bilinear-antialias resizing, not "
                            f"{preprocess.resize} + {preprocess.interpolation}")
-        try:
-            import nvidia.dali  # noqa: F401  (fail here, with advice, rather than mid-run)
-        except ImportError as exc:
-            raise DcxError("DALI is not installed: pip install nvidia-dali-cuda130") from exc
+        if importlib.util.find_spec("nvidia.dali") is None:  # fail here, with advice, not mid-run
+            raise DcxError("DALI is not installed: pip install nvidia-dali-cuda130")
         self.preprocess, self.device = preprocess, device
         self.batch_size, self.num_threads = batch_size, num_threads
         self.include_phi, self.series_rules = include_phi, series_rules

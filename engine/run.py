@@ -31,8 +31,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from dcx.train.card import dcx_version
-
 from .discover import Candidate, discover
 from .results import RowSchema, display_path, format_for, open_writer, write_json
 from .state import StateDB, state_key
@@ -335,6 +333,8 @@ def _count(rows: list[dict], chunk: _Chunk, stats: _Stats) -> None:
 
 
 def _summary(options: ScreenOptions, backend, card, stats: _Stats, completed: bool) -> dict:
+    from dcx.train.card import dcx_version  # imports torch: not needed for dcx-infer --help
+
     wall = stats.elapsed
     return {
         "completed": completed,

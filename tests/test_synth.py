@@ -205,3 +205,19 @@ def test_reference_reader_sees_the_phantom_in_each_dicom_variant(tmp_path, varia
         assert error.mean() < 0.02
     else:
         assert error.max() <= 0.5 / 4095 + 1e-6
+
+
+def test_no_file_variant_stands_in_for_the_class():
+    """Bit depth and transfer syntax must be spread over every class, or a model could learn
+    the file format instead of the disease."""
+    from collections import Counter
+
+    from dcx.train.synth import _plan_archive
+
+    classes = ["covid", "normal", "pneumonia"]
+    for formats in (["png"], ["png", "jpg", "dcm"]):
+        plans = _plan_archive(90, classes, formats)
+        per_variant = Counter((p.variant, p.label) for p in plans)
+        for variant in {p.variant for p in plans}:
+            counts = [per_variant[variant, c] for c in classes]
+            assert max(counts) - min(counts) <= 1, (formats, variant, counts)

@@ -167,3 +167,14 @@ def test_user_mistakes_are_one_line_errors(tmp_path, extra, message):
 def test_missing_data_and_missing_resume_state_are_errors(tmp_path):
     assert "--data is required" in invoke(main, ["--out", tmp_path / "r"], expect_exit=1).output
     assert "checkpoint not found" in invoke(main, ["--out", tmp_path / "r", "--resume"], expect_exit=1).output
+
+
+@pytest.mark.gpu
+def test_cuda_training_uses_mixed_precision_and_saves_portable_weights(tmp_path):
+    data, run = small_archive(tmp_path / "data"), tmp_path / "run"
+    invoke(main, ["--data", data, "--out", run, "--epochs", 2, "--batch-size", 4, *FAST, "--device", "cuda"])
+    card, state, _ = load_checkpoint(run / "best.pt")
+    assert card.training["precision"] in ("bfloat16", "float16")
+    assert all(t.device.type == "cpu" for t in state.values())
+    model = create_model(card.arch, len(card.classes))
+    model.load_state_dict(state)

@@ -77,6 +77,9 @@ class DcxNet(nn.Module):
         self.features = features
         conv = nn.Conv2d(feature_channels, num_classes, kernel_size=1)
         if arch.startswith("squeezenet"):
+            # torchvision's init for this layer: small weights keep the ReLU'd maps alive at start.
+            nn.init.normal_(conv.weight, mean=0.0, std=0.01)
+            nn.init.zeros_(conv.bias)
             self.head = nn.Sequential(nn.Dropout(p=0.5), conv, nn.ReLU(inplace=False))
         else:
             self.head = conv

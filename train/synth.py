@@ -342,13 +342,14 @@ class _Plan:
 
 def _plan_archive(n: int, classes: list[str], formats: list[str]) -> list[_Plan]:
     """Classes round-robin (balanced, remainder to the first classes); formats cycle per round
-    so every class meets every format; DICOM variants and 8/16-bit PNG cycle per format.
+    so every class meets every format; DICOM variants and 8/16-bit PNG cycle per class and
+    format, so no variant (bit depth, transfer syntax) can stand in for the class.
     The first images of each class pair up as follow-up films of one patient."""
     plans: list[_Plan] = []
     per_class = {c: 0 for c in classes}
     counts = {c: n // len(classes) + (i < n % len(classes)) for i, c in enumerate(classes)}
     patient_of: dict[tuple[str, int], int] = {}
-    fmt_count = {f: 0 for f in formats}
+    fmt_count = {(c, f): 0 for c in classes for f in formats}
     for i in range(n):
         label = classes[i % len(classes)]
         j = per_class[label]
@@ -359,8 +360,8 @@ def _plan_archive(n: int, classes: list[str], formats: list[str]) -> list[_Plan]
         if key not in patient_of:
             patient_of[key] = len(patient_of) + 1
         fmt = formats[(i // len(classes)) % len(formats)]
-        k = fmt_count[fmt]
-        fmt_count[fmt] += 1
+        k = fmt_count[label, fmt]
+        fmt_count[label, fmt] += 1
         variant = {"png": "png-16bit" if k % PNG16_EVERY == PNG16_EVERY - 1 else "png-8bit",
                    "jpg": "jpeg",
                    "dcm": ARCHIVE_DICOM_VARIANTS[k % len(ARCHIVE_DICOM_VARIANTS)]}[fmt]
