@@ -6,7 +6,6 @@ on a shared machine.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform

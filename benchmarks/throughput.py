@@ -28,7 +28,6 @@ from . import report as rep
 from .engine_runs import cli_command, read_results, resolve_reference, run_infer
 from .measure import run_child, summarise
 from .model_bench import bench_model_file
-from .peer_baseline import PEER_BATCH_SIZE
 
 
 def measure_throughput(engine: Path, data: Path, workdir: Path, *, repeat: int = 3, warmup: bool = True,

@@ -9,8 +9,10 @@ import click
 
 from dcx.train.errors import DcxError
 
+from .ray_runner import RAY_HELP, parse_address, screen_on_ray  # Ray itself loads only when --ray runs
 from .results import FORMATS
 from .run import ScreenOptions, screen
+from .shard import SHARD, SHARD_HELP
 
 #: Exit codes besides 0 (all scored or skipped), 1 (DcxError) and 2 (usage); see the help text.
 EXIT_FILE_ERRORS, EXIT_INTERRUPTED = 3, 130
@@ -57,8 +59,12 @@ def _default_decode_threads() -> int:
               help="Run summary JSON. Default: <out stem>.summary.json beside the output.")
 @click.option("--force", is_flag=True,
               help="Overwrite an existing output that no state database of this output accounts for.")
+@click.option("--shard", type=SHARD, help=SHARD_HELP)
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", metavar="[ADDRESS]", help=RAY_HELP)
+@click.option("--ray-timeout", default=600.0, show_default=True, type=click.FloatRange(min=1),
+              metavar="SECONDS", help="With --ray: stop with an error when no batch finishes for this long.")
 def main(archive, engine, out, fmt, batch_size, decode_threads, device, include, exclude, files_from,
-         state, no_state, heatmaps, include_phi, series_rules, summary, force):
+         state, no_state, heatmaps, include_phi, series_rules, summary, force, shard, ray_address, ray_timeout):
     """Screen ARCHIVE (a folder, searched recursively, or one file) and write one row per file:
     DICOM UIDs, per-class probabilities, the positive-class probability, flagged
     (p_positive >= the model's threshold), and status ok / skipped / error with the reason.
@@ -77,6 +83,8 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
       dcx-infer --engine densenet.plan /pacs/export --out nightly.parquet --heatmaps heat/
       dcx-infer --engine best.pt /archive --include '*.dcm' --exclude 'scratch/*' --device cpu
       find /archive -newer stamp -type f | dcx-infer --engine model.onnx --files-from - --out new.csv
+      dcx-infer --engine model.onnx /archive --out out/results.csv --shard "$JOB_COMPLETION_INDEX/8"
+      dcx-infer --engine model.plan /archive --out nightly.parquet --ray auto
 
     \b
     Exit codes:
@@ -86,6 +94,8 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
       2    bad command line
       130  interrupted: finished rows are kept in the state database; rerun to resume
     """
+    if ray_address is not None:
+        ray_address = parse_address(ray_address)
     if archive is None and files_from is None:
         raise click.UsageError("give an ARCHIVE folder, or --files-from LIST")
     if archive is not None and not archive.exists():
@@ -95,13 +105,16 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
     if files_from not in (None, "-") and not Path(files_from).is_file():
         raise DcxError(f"--files-from list not found: {files_from}")
 
-    out = out or Path(f"{_archive_name(archive, files_from)}.dcx.{fmt or 'csv'}")
+    default_fmt = "parquet" if ray_address is not None else "csv"
+    out = out or Path(f"{_archive_name(archive, files_from)}.dcx.{fmt or default_fmt}")
+    if shard is not None:  # every task of an array job runs the same command line
+        out, state, summary = (shard.part_path(p) if p is not None else None for p in (out, state, summary))
     state = None if no_state else (state or _beside(out, "state.sqlite"))
     summary = summary or _beside(out, "summary.json")
     if out.exists() and not force and not (state is not None and state.exists()):
         raise DcxError(f"{out} exists and no state database ({state or '--no-state'}) accounts for it; "
                        "pass --force to overwrite it")
-    if out.is_dir():
+    if out.is_dir() and ray_address is None:
         raise DcxError(f"--out {out} is a directory; name the result file")
 
     if heatmaps is not None:
@@ -114,9 +127,12 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
         engine=engine, out=out, root=archive, files_from=files_from, fmt=fmt, include=include,
         exclude=exclude, state=state, heatmaps=heatmaps, summary=summary, batch_size=batch_size,
         decode_threads=decode_threads, device=device, include_phi=include_phi, series_rules=series_rules,
-        progress=sys.stderr.isatty())
+        progress=sys.stderr.isatty(), shard=shard)
     try:
-        result = screen(options)
+        if ray_address is None:
+            result = screen(options)
+        else:
+            result = screen_on_ray(options, ray_address, timeout_s=ray_timeout)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: finished rows are saved in {state}; run the same command again to resume"
                    if state else "\ninterrupted (no state database: a rerun starts over)", err=True)

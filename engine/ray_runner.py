@@ -86,25 +86,25 @@ def screen_on_ray(options: run.ScreenOptions, address: str = "local", *,
     ray = _import_ray()
     card = _read_card(options.engine)
     schema = RowSchema.for_card(card, options.include_phi)
-    stats = run._Stats()
+    stats = run.Stats()
     backend_info = SimpleNamespace(name=None, precision=None, device=None)  # from the actors' replies
     ray_info = {"address": address, "actors": 0}
     completed = False
     with contextlib.ExitStack() as stack:
         state = None
         if options.state:
-            state = stack.enter_context(StateDB(options.state, run._state_profile(card.model_id, options)))
+            state = stack.enter_context(StateDB(options.state, run.state_profile(card.model_id, options)))
         parts = _Parts(options.out, schema.columns)
         try:
             pending = _Pending()
-            for chunk in run._chunks(run._candidates(options), state, options.batch_size, stats):
-                settled = run._Chunk()  # what the driver settles itself: unreadable or reused files
+            for chunk in run.chunks(run.candidates(options), state, options.batch_size, stats):
+                settled = run.Chunk()  # what the driver settles itself: unreadable or reused files
                 for i, candidate in enumerate(chunk.files):
                     if i in chunk.todo:
                         pending.add(candidate)
                     else:
                         settled.add(candidate, chunk.reused.get(i))
-                _keep(run._score(settled, None, schema, options, stats), settled, parts, stats)
+                _keep(run.score_chunk(settled, None, schema, options, stats), settled, parts, stats)
             if pending.count:
                 if _connect(ray, address):
                     stack.callback(ray.shutdown)
@@ -121,7 +121,7 @@ def screen_on_ray(options: run.ScreenOptions, address: str = "local", *,
                     pending.settle(files)
                     if state is not None:  # commit first: the database is the source of truth
                         state.record(zip(files, rows))
-                    scored = run._Chunk()
+                    scored = run.Chunk()
                     for f in files:
                         scored.add(f, None)
                     _keep(rows, scored, parts, stats)
@@ -131,16 +131,16 @@ def screen_on_ray(options: run.ScreenOptions, address: str = "local", *,
             parts.commit()
             completed = True
         finally:
-            summary = run._summary(options, backend_info, card, stats, completed)
+            summary = run.run_summary(options, backend_info, card, stats, completed)
             summary.update(format="parquet parts", parts=parts.written, ray=ray_info)
             if options.summary:
                 write_json(options.summary, summary)
     return summary
 
 
-def _keep(rows: list[dict], chunk: run._Chunk, parts: "_Parts", stats) -> None:
+def _keep(rows: list[dict], chunk: run.Chunk, parts: "_Parts", stats) -> None:
     parts.add(rows)
-    run._count(rows, chunk, stats)
+    run.count_rows(rows, chunk, stats)
 
 
 def _import_ray():
@@ -199,7 +199,7 @@ class _ScoreFiles:
         self.backend = open_backend(options.engine, device="cuda" if options.device == "gpu" else "cpu",
                                     threads=None if options.device == "gpu" else 1)
         self.schema = RowSchema.for_card(self.backend.card, options.include_phi)
-        self.stats = run._Stats()
+        self.stats = run.Stats()
         self.backend_info = json.dumps({"name": self.backend.name, "precision": self.backend.precision,
                                         "device": str(self.backend.device)})
         self._decoder_stack = contextlib.ExitStack()
@@ -216,14 +216,14 @@ class _ScoreFiles:
         """The local run's scoring; a batch that raises is retried file by file, and a file
         that still raises gets its ``error`` row, so a failure never costs other files."""
         try:
-            chunk = run._Chunk()
+            chunk = run.Chunk()
             for f in files:
                 chunk.add(f, None)
             if self._decoder is None:
                 self._decoder = self._decoder_stack.enter_context(
-                    run._open_decoder(self.backend.card, self.backend, self.options))
+                    run.open_decoder(self.backend.card, self.backend, self.options))
             chunk.decoded = self._decoder.decode([f.path for f in files])
-            return run._score(chunk, self.backend, self.schema, self.options, self.stats)
+            return run.score_chunk(chunk, self.backend, self.schema, self.options, self.stats)
         except Exception as exc:
             self._decoder_stack.close()  # a failed decoder may be dead (DALI): build a new one
             self._decoder = None

@@ -33,6 +33,7 @@ from typing import Iterable, Iterator
 
 from .discover import Candidate, discover
 from .results import RowSchema, display_path, format_for, open_writer, write_json
+from .shard import Shard, select
 from .state import StateDB, state_key
 
 #: Decoded chunks waiting for inference (bounds memory: PREFETCH x batch of images).
@@ -63,10 +64,12 @@ class ScreenOptions:
     include_phi: bool = False
     series_rules: bool = False
     progress: bool = False
+    #: Score only this shard's files (see dcx.engine.shard); None: the whole archive.
+    shard: Shard | None = None
 
 
 @dataclass
-class _Chunk:
+class Chunk:
     """A stretch of the discovery stream; ``todo`` indexes the files to decode and score."""
 
     files: list[Candidate] = field(default_factory=list)
@@ -83,7 +86,7 @@ class _Chunk:
             self.todo.append(index)
 
 
-class _Stats:
+class Stats:
     """Counters and busy seconds per stage. Stages: ``discover`` (listing and stat), ``state``
     (lookups), ``decode`` (reading and decoding, in the producer thread), ``infer``, ``write``
     (rows, heatmaps, state commit, output). Producer and main thread overlap, so the stages
@@ -118,7 +121,7 @@ def screen(options: ScreenOptions) -> dict:
     """
     from .backends import open_backend  # heavy imports only when a run starts
 
-    stats = _Stats()
+    stats = Stats()
     completed = False
     backend_device = "cuda" if options.device == "gpu" else options.device
     with contextlib.ExitStack() as stack:  # closes in reverse: producer, writer, state, backend
@@ -127,21 +130,21 @@ def screen(options: ScreenOptions) -> dict:
         schema = RowSchema.for_card(card, options.include_phi)
         state = None
         if options.state:
-            state = stack.enter_context(StateDB(options.state, _state_profile(card.model_id, options)))
+            state = stack.enter_context(StateDB(options.state, state_profile(card.model_id, options)))
         writer = stack.enter_context(open_writer(options.out, schema.columns, options.fmt))
         producer = stack.enter_context(_Producer(
-            _chunks(_candidates(options), state, options.batch_size, stats),
-            lambda: _open_decoder(card, backend, options), stats))
+            chunks(candidates(options), state, options.batch_size, stats),
+            lambda: open_decoder(card, backend, options), stats))
         progress = _Progress(options, stats) if options.progress else None
         try:
             for chunk in producer:
-                rows = _score(chunk, backend, schema, options, stats)
+                rows = score_chunk(chunk, backend, schema, options, stats)
                 t0 = time.perf_counter()
                 if state is not None:  # commit first: the database is the source of truth
                     state.record((chunk.files[i], rows[i]) for i in chunk.todo)
                 writer.write(rows)
                 stats.add_time("write", time.perf_counter() - t0)
-                _count(rows, chunk, stats)
+                count_rows(rows, chunk, stats)
                 if progress:
                     progress.update()
             writer.commit()
@@ -149,30 +152,33 @@ def screen(options: ScreenOptions) -> dict:
         finally:
             if progress:
                 progress.close()
-            summary = _summary(options, backend, card, stats, completed)
+            summary = run_summary(options, backend, card, stats, completed)
             if options.summary:
                 write_json(options.summary, summary)
     return summary
 
 
-def _state_profile(model_id: str, options: ScreenOptions) -> str:
+def state_profile(model_id: str, options: ScreenOptions) -> str:
     """The state key's model part: the model id plus the options that change a row's content,
     so switching --include-phi or series rules never reuses rows made without them."""
     return model_id + (":phi" if options.include_phi else "") + (":series-rules" if options.series_rules else "")
 
 
-def _candidates(options: ScreenOptions, stat_files: bool = True) -> Iterator[Candidate]:
+def candidates(options: ScreenOptions, stat_files: bool = True) -> Iterator[Candidate]:
     """The discovery stream of this run, never including dcx's own output files."""
     skip = [p for p in (options.out, options.state, options.heatmaps, options.summary) if p]
     skip += [Path(f"{p}{suffix}") for p in skip for suffix in (".partial", "-wal", "-shm", "-journal")]
-    return discover(options.root, include=options.include, exclude=options.exclude,
-                    files_from=options.files_from, skip_paths=skip, stat_files=stat_files)
+    found = discover(options.root, include=options.include, exclude=options.exclude,
+                     files_from=options.files_from, skip_paths=skip, stat_files=stat_files)
+    if options.shard is not None:
+        found = select(found, options.shard, options.root, key=lambda c: c.path)
+    return found
 
 
-def _chunks(candidates: Iterable[Candidate], state: StateDB | None, batch_size: int,
-            stats: _Stats) -> Iterator[_Chunk]:
+def chunks(candidates: Iterable[Candidate], state: StateDB | None, batch_size: int,
+            stats: Stats) -> Iterator[Chunk]:
     """Cut the stream into chunks of at most ``batch_size`` files to score, in discovery order."""
-    chunk = _Chunk()
+    chunk = Chunk()
     stream = iter(candidates)
     while True:
         t0 = time.perf_counter()
@@ -187,12 +193,12 @@ def _chunks(candidates: Iterable[Candidate], state: StateDB | None, batch_size: 
             chunk.add(candidate, done.get(candidate.path))
             if len(chunk.todo) >= batch_size or len(chunk.files) >= MAX_CHUNK_FILES:
                 yield chunk
-                chunk = _Chunk()
+                chunk = Chunk()
     if chunk.files:
         yield chunk
 
 
-def _open_decoder(card, backend, options: ScreenOptions):
+def open_decoder(card, backend, options: ScreenOptions):
     from .decode import Decoder
     from .dicom import SeriesRules
 
@@ -206,7 +212,7 @@ class _Producer:
 
     _END = object()
 
-    def __init__(self, chunks: Iterator[_Chunk], make_decoder, stats: _Stats):
+    def __init__(self, chunks: Iterator[Chunk], make_decoder, stats: Stats):
         self._chunks = chunks
         self._make_decoder = make_decoder
         self._stats = stats
@@ -245,7 +251,7 @@ class _Producer:
                 continue
         return False
 
-    def __iter__(self) -> Iterator[_Chunk]:
+    def __iter__(self) -> Iterator[Chunk]:
         while True:
             item = self._queue.get()
             if item is self._END:
@@ -255,7 +261,7 @@ class _Producer:
             yield item
 
 
-def _score(chunk: _Chunk, backend, schema: RowSchema, options: ScreenOptions, stats: _Stats) -> list[dict]:
+def score_chunk(chunk: Chunk, backend, schema: RowSchema, options: ScreenOptions, stats: Stats) -> list[dict]:
     """One row per file of the chunk, in order: inference for new files, reuse for done ones."""
     rows: list[dict] = [None] * len(chunk.files)  # type: ignore[list-item]
     for i, c in enumerate(chunk.files):
@@ -318,7 +324,7 @@ def _save_heatmap(image, cam, path: str, folder: Path) -> str:
     return str(save_heatmap(image, cam, Path(folder) / name))
 
 
-def _count(rows: list[dict], chunk: _Chunk, stats: _Stats) -> None:
+def count_rows(rows: list[dict], chunk: Chunk, stats: Stats) -> None:
     stats.files += len(rows)
     stats.decoded += len(chunk.todo)
     stats.inferred += sum(rows[i]["status"] == "ok" for i in chunk.todo)
@@ -332,7 +338,7 @@ def _count(rows: list[dict], chunk: _Chunk, stats: _Stats) -> None:
             stats.reasons[row["reason"]] += 1
 
 
-def _summary(options: ScreenOptions, backend, card, stats: _Stats, completed: bool) -> dict:
+def run_summary(options: ScreenOptions, backend, card, stats: Stats, completed: bool) -> dict:
     from dcx.train.card import dcx_version  # imports torch: not needed for dcx-infer --help
 
     wall = stats.elapsed
@@ -349,6 +355,7 @@ def _summary(options: ScreenOptions, backend, card, stats: _Stats, completed: bo
         "output": str(options.out),
         "format": format_for(options.out, options.fmt),
         "state": str(options.state) if options.state else None,
+        "shard": str(options.shard) if options.shard else None,
         "files": stats.files,
         "counts": {s: stats.status.get(s, 0) for s in ("ok", "skipped", "error")},
         "flagged": stats.flagged,
@@ -376,7 +383,7 @@ class _Progress:
     stat: cheap next to decoding); until it finishes there is no ETA.
     """
 
-    def __init__(self, options: ScreenOptions, stats: _Stats):
+    def __init__(self, options: ScreenOptions, stats: Stats):
         self.stats = stats
         self.total: int | None = None
         self._last = 0.0
@@ -384,7 +391,7 @@ class _Progress:
             threading.Thread(target=self._count, args=(options,), name="dcx-count", daemon=True).start()
 
     def _count(self, options: ScreenOptions) -> None:
-        self.total = sum(1 for _ in _candidates(options, stat_files=False))
+        self.total = sum(1 for _ in candidates(options, stat_files=False))
 
     def update(self, force: bool = False) -> None:
         now = time.perf_counter()

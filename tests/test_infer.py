@@ -286,7 +286,7 @@ def test_progress_line_shows_rate_and_eta(archive, monkeypatch):
 
     stderr = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stderr)
-    stats = run._Stats()
+    stats = run.Stats()
     progress = run._Progress(run.ScreenOptions(engine=Path("m.pt"), out=Path("r.csv"), root=archive), stats)
     deadline = time.monotonic() + 30
     while progress.total is None and time.monotonic() < deadline:  # the counting pass runs in a thread

@@ -118,8 +118,8 @@ def test_scorer_gives_a_failing_file_its_row_and_keeps_the_others(trained_checkp
                 raise MemoryError("simulated allocator failure")
             return self.decoder.decode(paths)
 
-    real_open = run._open_decoder
-    monkeypatch.setattr(run, "_open_decoder", lambda *args: Poisoned(real_open(*args)))
+    real_open = run.open_decoder
+    monkeypatch.setattr(run, "open_decoder", lambda *args: Poisoned(real_open(*args)))
     options = ScreenOptions(engine=trained_checkpoint, out=tmp_path / "x.parquet", device="cpu", decode_threads=1)
     rows = _ScoreFiles(options, str(Path.cwd()))._score(files)
     assert [r["path"] for r in rows] == [f.path for f in files]
