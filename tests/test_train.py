@@ -178,3 +178,12 @@ def test_cuda_training_uses_mixed_precision_and_saves_portable_weights(tmp_path)
     assert all(t.device.type == "cpu" for t in state.values())
     model = create_model(card.arch, len(card.classes))
     model.load_state_dict(state)
+
+
+def test_best_epoch_is_highest_val_auc_then_lowest_val_loss(trained_run):
+    import json
+
+    history = [json.loads(line) for line in (trained_run / "history.jsonl").read_text().splitlines()]
+    card = json.loads((trained_run / "card.json").read_text())
+    best = max(history, key=lambda h: (h["val_auc"], -h["val_loss"]))
+    assert card["training"]["best_epoch"] == best["epoch"]

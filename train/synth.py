@@ -360,7 +360,7 @@ def _plan_archive(n: int, classes: list[str], formats: list[str]) -> list[_Plan]
         if key not in patient_of:
             patient_of[key] = len(patient_of) + 1
         fmt = formats[(i // len(classes)) % len(formats)]
-        k = fmt_count[label, fmt]
+        k = fmt_count[label, fmt] + classes.index(label)  # staggered: small archives still cover every variant
         fmt_count[label, fmt] += 1
         variant = {"png": "png-16bit" if k % PNG16_EVERY == PNG16_EVERY - 1 else "png-8bit",
                    "jpg": "jpeg",

@@ -2,7 +2,7 @@
 
 A run folder holds everything needed to trust, continue or reproduce the run::
 
-    best.pt         best validation AUC; its card carries the chosen threshold
+    best.pt         best validation AUC (ties: lower validation loss); its card carries the threshold
     last.pt         the latest state, with everything --resume needs
     splits/{train,val,test}.csv   the exact split (readable by read_samples / dcx-eval)
     history.jsonl   one line per epoch
@@ -324,7 +324,10 @@ class Run:
         record = {"epoch": self.epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_auc": auc,
                   "val_sensitivity": point["sensitivity"], "val_specificity": point["specificity"],
                   "lr": self.scheduler.get_last_lr()[0], "seconds": round(seconds, 1)}
-        improved = auc > self.best_auc or self.best_epoch == 0  # nan never improves (but epoch 1 is kept)
+        # Best = highest validation AUC; a tie (AUC saturates at 1.0 on easy data) goes to the lower
+        # validation loss. nan never improves, but epoch 1 is always kept.
+        best_loss = self.history[self.best_epoch - 1]["val_loss"] if self.best_epoch else math.inf
+        improved = auc > self.best_auc or (auc == self.best_auc and val_loss < best_loss) or self.best_epoch == 0
         self.log(f"epoch {record['epoch']}/{self.config.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
                  f"val AUC {auc:.4f}  sens {point['sensitivity']:.3f} spec {point['specificity']:.3f} @0.5  "
                  f"lr {record['lr']:.2e}  {seconds:.0f}s{'  *best*' if improved else ''}")
