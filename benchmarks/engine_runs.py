@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,9 +35,12 @@ class InferRun:
 
 def run_infer(engine: str | os.PathLike, workdir: str | os.PathLike, *, archive=None, files_from=None,
               batch_size: int | None = None, decode_threads: int | None = None, device: str | None = None) -> InferRun:
-    """One ``dcx-infer`` run into ``workdir`` (results.csv + summary + state); fails loudly."""
+    """One ``dcx-infer`` run into a fresh ``workdir`` (results.csv + summary + state database);
+    fails loudly. The folder is the benchmark's own: a state database left there by an earlier
+    run would let this one reuse every row and measure nothing, so it is emptied first."""
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
     out, summary = workdir / "results.csv", workdir / "results.summary.json"
     args = ["--engine", engine, "--out", out, "--summary", summary]
     if files_from is not None:

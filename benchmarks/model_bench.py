@@ -79,10 +79,16 @@ def markdown(records: list[dict], machine: dict) -> str:
     """One row per artefact and batch size."""
     from . import report as rep
 
-    rows = [[Path(r["engine"]).name, f"{r['backend']} {r['precision']}", r["input_size"], row["batch_size"],
+    rows = [[_short(r["engine"]), f"{r['backend']} {r['precision']}", r["input_size"], row["batch_size"],
              rep.fmt(row["images_per_s"]), f"{rep.fmt(row['images_per_s_range'][0])}–{rep.fmt(row['images_per_s_range'][1])}",
              rep.fmt(1000 * row["latency_s"]["median"], 1)]
             for r in records for row in r["results"]]
     return "\n".join([f"### Model-only throughput (prepared tensors; {records[0]['repeat']} timed calls per row "
                       f"after {records[0]['warmup']} warm-up)", "", f"Machine: {rep.machine_line(machine)}", "",
                       rep.table(["artefact", "backend", "px", "batch", "images/s", "range", "latency ms"], rows), ""])
+
+
+def _short(path: str) -> str:
+    """``runs/r18/best.pt`` -> ``r18/best.pt``: enough to tell two checkpoints apart."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name

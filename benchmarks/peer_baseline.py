@@ -6,9 +6,10 @@ FP32 -- batch 20 in Deep-COVID. dcx's throughput claims are ratios against exact
 loop, run on the same files with the same weights (a dcx checkpoint), so the ratio measures
 the engine and nothing else.
 
-The transform is the peer-style rendering of dcx's input contract (gray, longer side to the
-model size with antialiasing, zero padding to a square), so the peer's scores stay close to
-the engine's: a large disagreement means the weights were not the same.
+The transform is the peer-style rendering of dcx's input contract (PIL gray, longer side to
+the model size with torchvision's antialiased resize, centred zero padding), so the peer's
+scores stay close to the engine's (inputs differ by 8-bit rounding only): a large
+disagreement means the weights were not the same.
 """
 from __future__ import annotations
 
@@ -21,26 +22,44 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as TF
 
 from dcx.train.card import ModelCard, load_checkpoint
 from dcx.train.models import create_model
+from dcx.train.preprocess import letterbox_geometry
 
 #: Deep-COVID's batch size.
 PEER_BATCH_SIZE = 20
 
 
+class Letterbox(torch.nn.Module):
+    """A torchvision-style transform: resize the longer side to ``size`` (antialiased), then pad
+    to a centred square with zeros. The geometry is the core contract's, to the pixel."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, image: Image.Image) -> Image.Image:
+        h, w, _, _ = letterbox_geometry(image.height, image.width, self.size)
+        return TF.center_crop(TF.resize(image, [h, w], antialias=True), [self.size, self.size])
+
+
 def peer_transform(size: int) -> T.Compose:
-    """torchvision transforms: longer side to ``size`` (antialiased), centred zero padding, [0, 1]."""
-    return T.Compose([
-        T.Resize(size=None, max_size=size, antialias=True),
-        T.CenterCrop(size),  # pads with zeros, centred, when the image is smaller
-        T.ToImage(),
-        T.ToDtype(torch.float32, scale=True),
-    ])
+    return T.Compose([Letterbox(size), T.ToImage(), T.ToDtype(torch.float32, scale=True)])
+
+
+def open_gray(path: str) -> Image.Image:
+    """PIL's loader, in gray: ``convert("L")`` (BT.601 luma, as the contract), except for 16-bit
+    images, which ``convert`` would clip to white: those keep their top 8 bits."""
+    with Image.open(path) as im:
+        if im.mode in ("I", "I;16", "I;16B", "I;16L"):
+            return Image.fromarray((np.clip(np.asarray(im, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8))
+        return im.convert("L")
 
 
 class PeerDataset(Dataset):
-    """Files in, (tensor, index) out; the PIL loader of torchvision's ImageFolder, in gray."""
+    """Files in, (tensor, index) out, as torchvision's ImageFolder with a gray loader."""
 
     def __init__(self, files: list[str], size: int):
         self.files = files
@@ -50,8 +69,7 @@ class PeerDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int):
-        with Image.open(self.files[i]) as im:
-            return self.transform(im.convert("L")), i
+        return self.transform(open_gray(self.files[i])), i
 
 
 @dataclass

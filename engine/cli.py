@@ -30,8 +30,9 @@ def _default_decode_threads() -> int:
               help="Result table. Default: ./<archive name>.dcx.<format> in the current directory.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS),
               help="Output format. Default: from the --out suffix, else csv. Parquet needs pyarrow.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096),
-              help="Images per inference batch (also the decode batch).")
+@click.option("--batch-size", type=click.IntRange(1, 4096), show_default="16 on CPU, 64 on a GPU",
+              help="Images per inference batch (also the decode batch). On a CPU, 16 is as fast as 32 "
+                   "and holds about 500 MiB less.")
 @click.option("--decode-threads", default=_default_decode_threads(), show_default="CPUs, at most 8",
               type=click.IntRange(1, 256), help="Threads decoding images.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "gpu"]),
@@ -105,6 +106,8 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
     if files_from not in (None, "-") and not Path(files_from).is_file():
         raise DcxError(f"--files-from list not found: {files_from}")
 
+    if batch_size is None:
+        batch_size = _default_batch_size(device)
     default_fmt = "parquet" if ray_address is not None else "csv"
     out = out or Path(f"{_archive_name(archive, files_from)}.dcx.{fmt or default_fmt}")
     if shard is not None:  # every task of an array job runs the same command line
@@ -146,6 +149,12 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
     click.echo(f"results: {out}\nsummary: {summary}")
     if counts["error"]:
         raise SystemExit(EXIT_FILE_ERRORS)
+
+
+def _default_batch_size(device: str) -> int:
+    import torch
+
+    return 64 if device != "cpu" and torch.cuda.is_available() else 16
 
 
 def _archive_name(archive: Path | None, files_from: str | None) -> str:

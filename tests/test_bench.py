@@ -14,7 +14,7 @@ import torch
 
 from conftest import invoke
 from dcx.benchmarks.cli import main
-from dcx.benchmarks.engine_runs import resolve_reference
+from dcx.benchmarks.engine_runs import resolve_reference, run_infer
 from dcx.benchmarks.measure import python_child, run_child, summarise
 from dcx.train.errors import DcxError
 
@@ -86,6 +86,15 @@ def test_throughput_smoke(fp32_onnx, synth_archive, tmp_path):
     assert report["peer_agreement"]["max_abs_delta_p"] < 0.1
     assert "dcx / peer" in md.read_text() and "dcx / peer" in result.output
     invoke(main, ["throughput", "--engine", fp32_onnx, "--data", synth_archive, "--out", out], expect_exit=1)
+
+
+def test_each_dcx_infer_run_starts_fresh(fp32_onnx, synth_archive, tmp_path):
+    """A state database left in the run folder must not let a repetition reuse rows (0 img/s)."""
+    listing = tmp_path / "two.txt"
+    listing.write_text("".join(f"{p}\n" for p in sorted((synth_archive / "normal").iterdir())[:2]))
+    for _ in range(2):
+        run = run_infer(fp32_onnx, tmp_path / "run", files_from=listing)
+        assert run.summary["scored_this_run"] == 2 and run.summary["reused_from_state"] == 0
 
 
 def test_model_smoke(fp32_onnx, trained_checkpoint, tmp_path):

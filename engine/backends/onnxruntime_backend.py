@@ -4,7 +4,9 @@ The CPU is the common case (a 2-core box screening overnight), so the session is
 for throughput there: one intra-op thread per usable core, all graph optimisations,
 sequential execution (these graphs are chains of convolutions; parallel branches gain
 nothing and an inter-op pool would compete with decoding for the same cores), and pool
-threads that sleep rather than spin between runs, leaving those cycles to the decoders.
+threads that sleep rather than spin between runs, leaving those cycles to the decoders, and
+no CPU memory arena (the arena keeps every batch's peak allocation: -250 MiB on densenet121 at
+batch 32, same speed; benchmarks/README.md).
 
 Inputs are bound in place through IOBinding from the torch tensor's memory (host or CUDA),
 so a batch is never copied on its way in.
@@ -91,6 +93,7 @@ def cpu_tuned_options(threads: int | None = None):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads or usable_cores()
     options.inter_op_num_threads = 1
+    options.enable_cpu_mem_arena = False
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only: provider notices would repeat on every run
     return options
