@@ -9,8 +9,10 @@ Two choices are fixed when it is built:
 * the **kind** of input, because DALI decodes a whole batch to one type:
 
   - ``gray8``: 8-bit single channel (most radiographs, 8-bit DICOM frames), decoded as uint8;
-  - ``rgb8``: 8-bit colour (RGB, RGBA, palette, gray + alpha), decoded as RGB; BT.601 luma in
-    float (decoding straight to gray used other weights: up to 0.059 off on cxr-dev PNGs);
+  - ``rgb8``: 8-bit colour (RGB, RGBA, palette, gray + alpha), decoded as RGB and resized as
+    uint8 RGB; BT.601 luma taken after the resize, on the float output (luma and resize are both
+    linear, so they commute; no full-resolution float copy).
+    Decoding straight to gray used other weights: up to 0.059 off on cxr-dev PNGs;
   - ``gray16``: deeper single channel (16-bit PNG/TIFF, 12-16 bit DICOM frames), decoded as
     uint16 and clamped per sample before resizing (a DICOM window clips). Not used for 8-bit
     data: decoding to uint16 cost ~40% more time on 2 CPU cores;
@@ -24,10 +26,12 @@ core :func:`~dcx.train.preprocess.letterbox_geometry`, and ``unit = scale * valu
 
 **Edges.** DALI's antialiased linear filter equals torch's (PIL's) inside the image to ~4e-6,
 but at the borders DALI repeats the edge pixel where torch renormalises the filter over the
-pixels inside; on real radiographs that moved the outermost rows by up to 0.11. So the image is
-padded with zeros, resampled through a region of interest equal to the image (the filter sees
-zeros outside), and divided by the resampled "inside" mask, computed here analytically
-(:func:`edge_normaliser`): exactly torch's renormalised weights.
+pixels inside; on real radiographs that moved the outermost rows by up to 0.11. Both are linear
+and separable, so the difference is fixed at output resolution (no full-resolution padded
+copy): DALI also resizes the edge rows and columns and reads the four corner pixels; the shares
+of filter weight DALI put on repeated pixels (:func:`edge_shares`, per geometry) take them back
+out, and the result is divided by the share inside (:func:`edge_normaliser`): exactly torch's
+renormalised weights. Python feeds per sample only the cached per-geometry arrays.
 """
 from __future__ import annotations
 
@@ -40,9 +44,15 @@ import torch
 
 from dcx.train.preprocess import LUMA_WEIGHTS, letterbox_geometry
 
+from .stage_clock import StageClock
+
+#: The stages a pipeline's :class:`StageClock` counts: building it, feeding and copying out
+#: (``preprocess``: Python geometry and assembly), running DALI (``decode``: decode + resize).
+CLOCK_STAGES = ("setup", "decode", "preprocess")
+
 KINDS = ("gray8", "rgb8", "gray16", "raw16")
-_INPUTS = ("encoded", "clamp_lo", "clamp_hi", "band_shape", "side_shape", "roi_start", "roi_end",
-           "resized", "gain", "offset", "box_anchor")
+_INPUTS = ("encoded", "clamp_lo", "clamp_hi", "resized", "above", "below", "left", "right",
+           "gain", "offset", "box_anchor")
 
 
 def _inputs(kind: str) -> tuple[str, ...]:
@@ -80,12 +90,10 @@ def letterbox_pipeline(kind: str, gpu: bool, size: int, pad_value: float = 0.0, 
     def definition():
         feed = {name: fn.external_source(name=name, batch=True) for name in _inputs(kind)}
         on_device = {k: (v.gpu() if gpu else v) for k, v in feed.items()
-                     if k in ("clamp_lo", "clamp_hi", "gain", "offset")}
+                     if k in ("clamp_lo", "clamp_hi", "above", "below", "left", "right", "gain", "offset")}
         decoder = dict(device="mixed" if gpu else "cpu", adjust_orientation=False)
-        if kind == "rgb8":
-            rgb = fn.decoders.image(feed["encoded"], output_type=types.RGB, **decoder)
-            image = fn.coord_transform(rgb, M=list(LUMA_WEIGHTS), dtype=types.FLOAT)
-            decoded = rgb
+        if kind == "rgb8":  # resized as uint8 RGB; luma after the resize (both linear)
+            image = decoded = fn.decoders.image(feed["encoded"], output_type=types.RGB, **decoder)
         elif kind == "raw16":  # already decoded by pydicom: only name the layout
             image = decoded = fn.reshape(feed["encoded"], layout="HWC")
             if gpu:
@@ -96,14 +104,26 @@ def letterbox_pipeline(kind: str, gpu: bool, size: int, pad_value: float = 0.0, 
                                                 **decoder)
         if kind.endswith("16"):
             image = dmath.clamp(image, on_device["clamp_lo"], on_device["clamp_hi"])
-        # zeros around the image (fn.cat: a slice with out-of-bounds padding cost 5x more CPU)
-        zeros = dict(dtype=types.UINT8 if kind == "gray8" else types.FLOAT, layout="HWC")
-        band, side = fn.zeros(shape=feed["band_shape"], **zeros), fn.zeros(shape=feed["side_shape"], **zeros)
-        if gpu:
-            band, side = band.gpu(), side.gpu()
-        image = fn.cat(side, fn.cat(band, image, band, axis=0), side, axis=1)
-        image = fn.resize(image, size=feed["resized"], roi_start=feed["roi_start"], roi_end=feed["roi_end"],
-                          interp_type=types.INTERP_LINEAR, antialias=True, dtype=types.FLOAT)
+        linear = dict(interp_type=types.INTERP_LINEAR, antialias=True, dtype=types.FLOAT)
+        h, w = feed["resized"][0], feed["resized"][1]
+
+        def gray(x):  # float luma after the resize (rgb8) or the single channel
+            return fn.coord_transform(x, M=list(LUMA_WEIGHTS)) if kind == "rgb8" else x
+
+        # the clamped edge rows / columns resized as DALI resizes them, and the corner pixels
+        resized = gray(fn.resize(image, size=feed["resized"], **linear))
+        top = gray(fn.resize(image[0:1], resize_x=w, resize_y=1.0, **linear))
+        bottom = gray(fn.resize(image[-1:], resize_x=w, resize_y=1.0, **linear))
+        first = gray(fn.resize(image[:, 0:1], resize_x=1.0, resize_y=h, **linear))
+        last = gray(fn.resize(image[:, -1:], resize_x=1.0, resize_y=h, **linear))
+        corner = {(r, c): gray(fn.cast(image[r:r + 1 if r == 0 else None, c:c + 1 if c == 0 else None],
+                                       dtype=types.FLOAT))
+                  for r in (0, -1) for c in (0, -1)}
+        above, below = on_device["above"], on_device["below"]
+        left, right = on_device["left"], on_device["right"]
+        image = (resized - above * top - below * bottom - first * left - last * right
+                 + above * left * corner[0, 0] + above * right * corner[0, -1]
+                 + below * left * corner[-1, 0] + below * right * corner[-1, -1])
         image = image * on_device["gain"] + on_device["offset"]
         image = fn.slice(image, feed["box_anchor"], [size, size], axes=[0, 1],
                          out_of_bounds_policy="pad", fill_values=pad_value)
@@ -121,7 +141,7 @@ class LetterboxPipeline:
     """
 
     def __init__(self, kind: str, *, size: int, pad_value: float = 0.0, device: str = "cpu",
-                 batch_size: int = 32, num_threads: int = 2):
+                 batch_size: int = 32, num_threads: int = 2, clock: StageClock | None = None):
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}")
         self.kind, self.size, self.pad_value = kind, size, pad_value
@@ -129,11 +149,13 @@ class LetterboxPipeline:
         self._args = dict(batch_size=batch_size, num_threads=num_threads, prefetch_queue_depth=1,
                           device_id=torch.cuda.current_device() if self.gpu else None)
         self.builds = 0
+        self.clock = clock or StageClock(CLOCK_STAGES)
         self._pipe = self._build()
 
     def _build(self):
-        pipe = letterbox_pipeline(self.kind, self.gpu, self.size, self.pad_value, **self._args)
-        pipe.build()
+        with self.clock("setup"):
+            pipe = letterbox_pipeline(self.kind, self.gpu, self.size, self.pad_value, **self._args)
+            pipe.build()
         self.builds += 1
         return pipe
 
@@ -142,34 +164,34 @@ class LetterboxPipeline:
         CPU, a CUDA tensor on the GPU --, the (height, width) each sample decoded to)."""
         if not 0 < len(samples) <= self.batch_size:
             raise ValueError(f"{len(samples)} samples for a batch of {self.batch_size}")
-        feeds = [self._feed(s) for s in samples]
-        for name in _inputs(self.kind):
-            self._pipe.feed_input(name, [feed[name] for feed in feeds])
+        with self.clock("preprocess"):
+            feeds = [self._feed(s) for s in samples]
+            for name in _inputs(self.kind):
+                self._pipe.feed_input(name, [feed[name] for feed in feeds])
         try:
-            images, shapes = self._pipe.run()
+            with self.clock("decode"):
+                images, shapes = self._pipe.run()
         except RuntimeError as exc:
             del self._pipe  # dead after a failure: free it before building the next one
             self._pipe = self._build()
             lines = [line.strip() for line in str(exc).splitlines()]
             what = " ".join(line for line in lines if line.startswith(("Error in", "Failed")))
             raise BatchFailed(what or "DALI error") from exc
-        shapes = shapes.as_cpu() if hasattr(shapes, "as_cpu") else shapes  # on the GPU in mixed mode
-        decoded = [(int(h), int(w)) for h, w in np.array(shapes.as_tensor())[:, :2]]
-        return self._copy_out(images.as_tensor(), len(samples)), decoded
+        with self.clock("preprocess"):
+            shapes = shapes.as_cpu() if hasattr(shapes, "as_cpu") else shapes  # on the GPU in mixed mode
+            decoded = [(int(h), int(w)) for h, w in np.array(shapes.as_tensor())[:, :2]]
+            return self._copy_out(images.as_tensor(), len(samples)), decoded
 
     def _feed(self, s: Sample) -> dict:
         """The per-sample inputs: geometry from the core letterbox_geometry, the zero margins
         (wider than the filter's reach), the value mapping with the edge normaliser folded in."""
         h, w, top, left = letterbox_geometry(s.height, s.width, self.size)
-        pad = math.ceil(max(s.height / h, s.width / w, 1.0)) + 1
+        shares = dict(zip(("above", "below", "left", "right"), edge_shares(s.height, s.width, h, w)))
         return {
             "encoded": s.data,
             "clamp_lo": np.float32(s.clamp[0]), "clamp_hi": np.float32(s.clamp[1]),
-            "band_shape": np.array([pad, s.width, 1], np.int32),
-            "side_shape": np.array([s.height + 2 * pad, pad, 1], np.int32),
-            "roi_start": np.array([pad, pad], np.float32),
-            "roi_end": np.array([pad + s.height, pad + s.width], np.float32),
             "resized": np.array([h, w], np.float32),
+            **shares,
             "gain": edge_normaliser(s.height, s.width, h, w) * np.float32(s.scale),
             "offset": np.float32(s.offset),
             "box_anchor": np.array([-top, -left], np.int32),
@@ -198,14 +220,30 @@ def edge_normaliser(height: int, width: int, out_height: int, out_width: int) ->
     return (1.0 / inside).astype(np.float32)[:, :, None]
 
 
+@functools.lru_cache(maxsize=64)
+def edge_shares(height: int, width: int, out_height: int, out_width: int) -> tuple[np.ndarray, ...]:
+    """The filter weight shares DALI puts on the repeated edge pixels: above and below the image
+    ((out_height, 1, 1) each), left and right of it ((1, out_width, 1) each); 0 inside."""
+    above, below = _outside_shares(height, out_height)
+    left, right = _outside_shares(width, out_width)
+    column, row = (lambda a: a.astype(np.float32)[:, None, None]), (lambda a: a.astype(np.float32)[None, :, None])
+    return column(above), column(below), row(left), row(right)
+
+
 def _inside_share(n_in: int, n_out: int) -> np.ndarray:
-    """Per output position, the triangle filter's weight on input pixels 0..n_in-1 over its
-    total weight (torch's antialiased bilinear: support = max(scale, 1) input pixels)."""
+    before, after = _outside_shares(n_in, n_out)
+    return 1.0 - before - after
+
+
+def _outside_shares(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per output position, the triangle filter's weight on input pixels before 0 and after
+    n_in-1 over its total weight (torch's antialiased bilinear: support = max(scale, 1) input
+    pixels)."""
     scale = n_in / n_out
     support = max(scale, 1.0)
     centres = scale * (np.arange(n_out) + 0.5)
     reach = math.ceil(support) + 1
     taps = np.floor(centres - support).astype(np.int64)[:, None] + np.arange(2 * reach + 1)[None, :]
     weights = np.clip(1.0 - np.abs((taps + 0.5 - centres[:, None]) / support), 0.0, None)
-    inside = (taps >= 0) & (taps < n_in)
-    return (weights * inside).sum(1) / weights.sum(1)
+    total = weights.sum(1)
+    return (weights * (taps < 0)).sum(1) / total, (weights * (taps >= n_in)).sum(1) / total

@@ -45,7 +45,8 @@ from dcx.train.errors import DcxError
 from dcx.train.preprocess import MAX_PIXELS, Preprocess, read_unit_gray
 
 from . import dicom, formats
-from .dali_pipeline import KINDS, BatchFailed, Sample, LetterboxPipeline
+from .dali_pipeline import CLOCK_STAGES, KINDS, BatchFailed, Sample, LetterboxPipeline
+from .stage_clock import StageClock
 
 # nvImageCodec's header parser and OpenCV's JPEG 2000 reader (both inside DALI) log every odd
 # file to stderr, over the progress bar; the outcome rows carry the reasons instead.
@@ -99,7 +100,10 @@ class Decoder:
     """Decode batches of files for the engine (see the module docstring). A context manager;
     one pipeline per input kind, built on first use and reused; not thread-safe.
 
-    ``counts`` tallies images by path (``dali``, ``reference``) and ``failed_batches``.
+    ``counts`` tallies images by path (``dali``, ``reference``) and ``failed_batches``;
+    ``timings`` holds cumulative busy seconds per stage: ``read`` (reading bytes, sniffing,
+    headers), ``decode`` (DALI runs, reference decoding), ``preprocess`` (feeding geometry,
+    copying out, reference letterboxing, stacking) and ``setup`` (building pipelines).
     """
 
     def __init__(self, preprocess: Preprocess, *, device: str = "cpu", batch_size: int = 32,
@@ -122,6 +126,11 @@ class Decoder:
         self.counts: Counter = Counter()
         self._torch_device = torch.device("cuda" if device == "gpu" else "cpu")
         self._pipelines: dict[str, LetterboxPipeline] = {}
+        self._clock = StageClock(("read",) + CLOCK_STAGES)
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return dict(self._clock.seconds)
 
     def __enter__(self) -> "Decoder":
         return self
@@ -139,21 +148,23 @@ class Decoder:
     def decode(self, paths: list[str | os.PathLike]) -> DecodedBatch:
         """Decode ``paths`` (about one batch: their bytes are held at once); never raises for a
         bad file (its outcome says why)."""
-        items = [self._prepare(Path(p)) for p in paths]
+        with self._clock("read"):
+            items = [self._prepare(Path(p)) for p in paths]
         images: dict = {}  # input row -> (1, S, S): numpy on the CPU, a CUDA tensor on the GPU
         for kind in KINDS:
             todo = [i for i, item in enumerate(items) if item.kind == kind]
             for start in range(0, len(todo), self.batch_size):
                 images.update(self._run_isolating(kind, todo[start:start + self.batch_size], items))
-        for i, item in enumerate(items):
-            if item.unit_gray is not None and item.outcome.status == "ok":
-                image = self.preprocess(torch.from_numpy(item.unit_gray).to(self._torch_device))
-                images[i] = image if self.device == "gpu" else image.numpy()
-                self.counts["reference"] += 1
-            if i in images:
-                item.outcome.meta["decoded_by"] = "dali" if item.kind else "reference"
-        rows = sorted(images)
-        return DecodedBatch(self._stack([images[i] for i in rows]), rows, [item.outcome for item in items])
+        with self._clock("preprocess"):
+            for i, item in enumerate(items):
+                if item.unit_gray is not None and item.outcome.status == "ok":
+                    image = self.preprocess(torch.from_numpy(item.unit_gray).to(self._torch_device))
+                    images[i] = image if self.device == "gpu" else image.numpy()
+                    self.counts["reference"] += 1
+                if i in images:
+                    item.outcome.meta["decoded_by"] = "dali" if item.kind else "reference"
+            rows = sorted(images)
+            return DecodedBatch(self._stack([images[i] for i in rows]), rows, [item.outcome for item in items])
 
     def _stack(self, images: list) -> torch.Tensor:
         size = self.preprocess.size
@@ -194,15 +205,15 @@ class Decoder:
         if kind not in self._pipelines:
             self._pipelines[kind] = LetterboxPipeline(
                 kind, size=self.preprocess.size, pad_value=self.preprocess.pad_value, device=self.device,
-                batch_size=self.batch_size, num_threads=self.num_threads)
+                batch_size=self.batch_size, num_threads=self.num_threads, clock=self._clock)
         return self._pipelines[kind]
 
-    @staticmethod
-    def _use_reference(item: _Item, dali_problem: str) -> None:
+    def _use_reference(self, item: _Item, dali_problem: str) -> None:
         """DALI failed this file: decode it the reference way, or record why neither could."""
         item.kind = item.sample = None
         try:
-            item.unit_gray = item.reference()
+            with self._clock("decode"):
+                item.unit_gray = item.reference()
         except DcxError as exc:
             item.outcome.status, item.outcome.reason = "error", exc.message
         except (KeyboardInterrupt, SystemExit):
@@ -241,7 +252,8 @@ class Decoder:
             _check_pixels(header.width, header.height)
         kind = _raster_kind(header) if header is not None and _looks_complete(outcome.format, data) else None
         if kind is None:
-            item.unit_gray = item.reference()
+            with self._clock("decode"):
+                item.unit_gray = item.reference()
             outcome.meta.update(width=item.unit_gray.shape[1], height=item.unit_gray.shape[0])
         else:
             top = 65535.0 if kind == "gray16" else 255.0
@@ -254,7 +266,8 @@ class Decoder:
         item = _Item(outcome, reference=image.unit_gray)
         transform = image.transform
         if transform is None or not transform.linear or transform.signed:
-            item.unit_gray = image.unit_gray()  # colour, LUT tables, sigmoid, signed: numpy
+            with self._clock("decode"):
+                item.unit_gray = image.unit_gray()  # colour, LUT tables, sigmoid, signed: numpy
             return item
         item.kind, item.sample = self._dali_frame(image) or self._stored_frame(image)
         return item
@@ -278,10 +291,10 @@ class Decoder:
         # decoded to uint16, DALI stretches 8-bit data to the full range (x257); deeper data stay raw
         return "gray16", _windowed(_array(frame), image, gain=257.0 if header.precision == 8 else 1.0)
 
-    @staticmethod
-    def _stored_frame(image: dicom.DicomImage) -> tuple[str, Sample]:
+    def _stored_frame(self, image: dicom.DicomImage) -> tuple[str, Sample]:
         """Frame 1 decoded by pydicom (uncompressed, JPEG-LS, RLE, ...) for DALI to window and resize."""
-        stored = image.transform.stored_values(image.decoded_frame())
+        with self._clock("decode"):
+            stored = image.transform.stored_values(image.decoded_frame())
         if stored.dtype.kind != "u" or stored.dtype.itemsize > 2:
             raise DcxError(f"{stored.dtype} pixel data is not supported")
         return "raw16", _windowed(stored.astype(np.uint16)[:, :, None], image, gain=1.0)

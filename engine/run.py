@@ -41,7 +41,7 @@ PREFETCH = 2
 #: A chunk also closes after this many files, so long runs of already-done files keep the
 #: output and progress moving without holding many rows in memory.
 MAX_CHUNK_FILES = 1024
-STAGES = ("discover", "state", "decode", "infer", "write")
+STAGES = ("discover", "state", "read", "decode", "preprocess", "infer", "write")
 
 
 @dataclass
@@ -88,12 +88,15 @@ class Chunk:
 
 class Stats:
     """Counters and busy seconds per stage. Stages: ``discover`` (listing and stat), ``state``
-    (lookups), ``decode`` (reading and decoding, in the producer thread), ``infer``, ``write``
-    (rows, heatmaps, state commit, output). Producer and main thread overlap, so the stages
-    can sum past the wall time."""
+    (lookups), ``read`` / ``decode`` / ``preprocess`` (the decoder's ``timings``, in the producer
+    thread: file bytes and headers / decoding and resizing / geometry and assembly), ``infer``,
+    ``write`` (rows, heatmaps, state commit, output). Producer and main thread overlap, so the
+    stages can sum past the wall time. ``setup_s`` (model load, pipeline builds) is kept apart:
+    it is a fixed cost per run, not per image."""
 
     def __init__(self):
         self.stage_s = dict.fromkeys(STAGES, 0.0)
+        self.setup_s = 0.0
         self.status = Counter()
         self.formats = Counter()
         self.transfer_syntaxes = Counter()
@@ -106,7 +109,10 @@ class Stats:
 
     def add_time(self, stage: str, seconds: float) -> None:
         with self._lock:
-            self.stage_s[stage] += seconds
+            if stage == "setup":
+                self.setup_s += seconds
+            else:
+                self.stage_s[stage] += seconds
 
     @property
     def elapsed(self) -> float:
@@ -125,7 +131,9 @@ def screen(options: ScreenOptions) -> dict:
     completed = False
     backend_device = "cuda" if options.device == "gpu" else options.device
     with contextlib.ExitStack() as stack:  # closes in reverse: producer, writer, state, backend
+        t0 = time.perf_counter()
         backend = stack.enter_context(open_backend(options.engine, device=backend_device))
+        stats.add_time("setup", time.perf_counter() - t0)
         card = backend.card
         schema = RowSchema.for_card(card, options.include_phi)
         state = None
@@ -233,9 +241,10 @@ class _Producer:
             with self._make_decoder() as decoder:
                 for chunk in self._chunks:
                     if chunk.todo:
-                        t0 = time.perf_counter()
+                        before = decoder.timings
                         chunk.decoded = decoder.decode([chunk.files[i].path for i in chunk.todo])
-                        self._stats.add_time("decode", time.perf_counter() - t0)
+                        for stage, seconds in decoder.timings.items():
+                            self._stats.add_time(stage, seconds - before[stage])
                     if not self._put(chunk):
                         return
             self._put(self._END)
@@ -342,6 +351,7 @@ def run_summary(options: ScreenOptions, backend, card, stats: Stats, completed: 
     from dcx.train.card import dcx_version  # imports torch: not needed for dcx-infer --help
 
     wall = stats.elapsed
+    busy = wall - stats.setup_s  # images/s leaves out the fixed cost of model load and pipeline builds
     return {
         "completed": completed,
         "dcx_version": dcx_version(),
@@ -362,9 +372,10 @@ def run_summary(options: ScreenOptions, backend, card, stats: Stats, completed: 
         "decoded_this_run": stats.decoded,
         "scored_this_run": stats.inferred,
         "reused_from_state": stats.reused,
-        "images_per_s": round(stats.inferred / wall, 2) if wall > 0 else None,
+        "images_per_s": round(stats.inferred / busy, 2) if busy > 0 else None,
         "files_per_s": round(stats.files / wall, 2) if wall > 0 else None,
         "wall_s": round(wall, 3),
+        "setup_s": round(stats.setup_s, 3),
         "stage_s": {k: round(v, 3) for k, v in stats.stage_s.items()},
         "formats": dict(stats.formats.most_common()),
         "transfer_syntaxes": dict(stats.transfer_syntaxes.most_common()),

@@ -102,7 +102,8 @@ def test_one_row_per_file_broken_ones_with_reasons(trained_checkpoint, archive, 
     assert "100000x100000" in reasons["giant.png"]  # refused from its header, nothing allocated
     assert summary["counts"] == {"ok": len(rows) - len(broken), "skipped": 0, "error": len(broken)}
     assert summary["completed"] and summary["decoded_this_run"] == len(rows)
-    assert set(summary["stage_s"]) == {"discover", "state", "decode", "infer", "write"}
+    assert set(summary["stage_s"]) == {"discover", "state", "read", "decode", "preprocess", "infer", "write"}
+    assert summary["stage_s"]["decode"] > 0 and summary["setup_s"] > 0
     assert by_path(rows)[str(archive / "dicomless/renamed")]["format"] == "png"  # by content
 
 
