@@ -25,6 +25,7 @@ from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
 from dcx.train.card import ModelCard, load_checkpoint
+from dcx.train.files import usable_cores
 from dcx.train.models import create_model
 from dcx.train.preprocess import letterbox_geometry
 
@@ -128,4 +129,4 @@ def run_peer(checkpoint: str | os.PathLike, files: list[str], *, batch_size: int
 
 def default_workers() -> int:
     """One loader process per core, as the torchvision reference scales ``--workers``."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable_cores()

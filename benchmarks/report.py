@@ -13,8 +13,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from dcx.export.artefact import write_json_atomic
 from dcx.train.errors import DcxError
+from dcx.train.files import usable_cores, write_json
 
 LIBRARIES = ("dcx", "torch", "torchvision", "onnxruntime", "onnxruntime-gpu", "nvidia-dali-cuda130", "tensorrt",
              "numpy", "pillow")
@@ -22,7 +22,7 @@ LIBRARIES = ("dcx", "torch", "torchvision", "onnxruntime", "onnxruntime-gpu", "n
 
 def machine() -> dict:
     """What a figure depends on: CPU, cores, current load, GPU, library versions."""
-    info = {"cpu": _cpu_model(), "cores": _usable_cores(), "platform": platform.platform(),
+    info = {"cpu": _cpu_model(), "cores": usable_cores(), "platform": platform.platform(),
             "python": platform.python_version(), "loadavg": _loadavg(), "gpu": _gpu_name(),
             "libraries": {}}
     for name in LIBRARIES:
@@ -47,8 +47,7 @@ def check_writable(*paths: str | os.PathLike | None, force: bool) -> None:
 def write_reports(report: dict, json_path: str | os.PathLike | None, markdown_path: str | os.PathLike | None,
                   markdown: str) -> None:
     if json_path is not None:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(json_path, _finite(report))
+        write_json(json_path, report)
     if markdown_path is not None:
         Path(markdown_path).parent.mkdir(parents=True, exist_ok=True)
         Path(markdown_path).write_text(markdown, encoding="utf-8")
@@ -85,17 +84,6 @@ def machine_line(info: dict) -> str:
     return f"{info['cpu']}, {info['cores']} usable cores, {gpu}{load_text}"
 
 
-def _finite(value):
-    """JSON has no NaN: turn NaN/inf into None, recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -105,13 +93,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def _loadavg():

@@ -1,13 +1,13 @@
 """``dcx-infer``: screen an archive of chest radiographs, one result row per file."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import click
 
 from dcx.train.errors import DcxError
+from dcx.train.files import usable_cores
 
 from .ray_runner import RAY_HELP, parse_address, screen_on_ray  # Ray itself loads only when --ray runs
 from .results import FORMATS
@@ -19,7 +19,7 @@ EXIT_FILE_ERRORS, EXIT_INTERRUPTED = 3, 130
 
 
 def _default_decode_threads() -> int:
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    return min(8, usable_cores())
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -13,12 +13,13 @@ pixels line up exactly.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from dcx.train.files import atomic_path
 
 DEFAULT_COLORMAP = "jet"
 
@@ -68,16 +69,9 @@ def save_heatmap(image, cam, out_png: str | os.PathLike, *, alpha: float = 0.45,
     from PIL import Image
 
     out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
     pixels = overlay_heatmap(image, cam, alpha=alpha, colormap=colormap)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         Image.fromarray(pixels).save(tmp, format="PNG")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out
 
 

@@ -45,11 +45,12 @@ from types import SimpleNamespace
 from typing import Iterable, Iterator
 
 from dcx.train.errors import DcxError
+from dcx.train.files import write_json
 
 from . import run
 from .discover import Candidate
 from .merge import row_key
-from .results import RowSchema, format_for, open_writer, partial_path, write_json
+from .results import RowSchema, format_for, open_writer, partial_path
 from .state import StateDB
 
 #: Seconds without a single finished batch before the run is declared stuck.

@@ -291,12 +291,3 @@ def _pyarrow():
                        "(or choose --format csv / jsonl)") from exc
     return pa, pq
 
-
-def write_json(path: str | os.PathLike, obj) -> Path:
-    """Write a JSON document atomically (the run summary: readers never see half of it)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path

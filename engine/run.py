@@ -31,8 +31,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from dcx.train.files import write_json
+
 from .discover import Candidate, discover
-from .results import RowSchema, display_path, format_for, open_writer, write_json
+from .results import RowSchema, display_path, format_for, open_writer
 from .shard import Shard, select
 from .state import StateDB, state_key
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from dcx.train.card import ModelCard
 from dcx.train.errors import DcxError
+from dcx.train.files import write_json
 
 CARD_KEY = "dcx.card"
 PRECISION_KEY = "dcx.precision"
@@ -44,28 +44,6 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def write_json_atomic(path: str | os.PathLike, payload: dict) -> Path:
-    """Temp file + rename: a crash never leaves half a sidecar next to a good artefact."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, sort_keys=True, allow_nan=False, default=_jsonable)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def _jsonable(value):
-    """numpy scalars and tuples from the metrics end up in sidecars; NaN is refused by allow_nan."""
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
-
-
 def read_sidecar(artefact: str | os.PathLike) -> dict | None:
     """The sidecar of ``artefact`` as a dict, or None when there is none."""
     path = sidecar_path(artefact)
@@ -86,7 +64,7 @@ def update_sidecar(artefact: str | os.PathLike, **sections) -> Path:
     if payload is None:
         raise DcxError(f"{sidecar_path(artefact)} is missing; export the artefact first")
     payload.update(sections)
-    return write_json_atomic(sidecar_path(artefact), payload)
+    return write_json(sidecar_path(artefact), payload)
 
 
 def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:

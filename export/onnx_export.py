@@ -22,10 +22,10 @@ import torch
 
 from dcx.train.card import ModelCard
 from dcx.train.errors import DcxError
+from dcx.train.files import atomic_path, write_json
 from dcx.train.models import DcxNet
 
-from .artefact import (CARD_KEY, INPUT_NAME, OUTPUT_NAMES, PRECISION_KEY, sha256_file, sidecar_path,
-                       write_json_atomic)
+from .artefact import CARD_KEY, INPUT_NAME, OUTPUT_NAMES, PRECISION_KEY, sha256_file, sidecar_path
 
 DEFAULT_OPSET = 17
 
@@ -80,14 +80,12 @@ def save_onnx_artefact(proto, card: ModelCard, precision: str, out: str | os.Pat
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:  # a checker failure is our bug, but say which file and why
         raise DcxError(f"the {precision} ONNX graph for {out.name} fails onnx.checker: {str(exc).splitlines()[0]}") from exc
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    onnx.save(proto, os.fspath(tmp))
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        onnx.save(proto, os.fspath(tmp))
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None)
     artefact = {"precision": precision, "onnx_sha256": sha256_file(out), "opset": opset,
                 "model_id": card.model_id, **describe_io(proto)}
-    write_json_atomic(sidecar_path(out), {"card": card.to_dict(), "artefact": artefact, **sections})
+    write_json(sidecar_path(out), {"card": card.to_dict(), "artefact": artefact, **sections})
     return out
 
 

@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 from dcx.train.errors import DcxError
+from dcx.train.files import atomic_path, write_json
 
-from .artefact import INPUT_NAME, read_sidecar, sha256_file, sidecar_path, write_json_atomic
+from .artefact import INPUT_NAME, read_sidecar, sha256_file, sidecar_path
 
 #: Exit status of dcx-export when the ONNX artefacts were written but the plan could not be built.
 EXIT_PLAN_NOT_BUILT = 3
@@ -102,7 +103,7 @@ def build_plan(onnx_path: str | os.PathLike, out: str | os.PathLike, *, min_batc
                 "profile": {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch},
                 "workspace_bytes": int(workspace_gb * (1 << 30)), "timing_cache": os.fspath(cache_path),
                 "build_seconds": round(build_seconds, 1)}
-    write_json_atomic(sidecar_path(out), {"card": source["card"], "artefact": artefact, "tensorrt": tensorrt,
+    write_json(sidecar_path(out), {"card": source["card"], "artefact": artefact, "tensorrt": tensorrt,
                                           **{k: v for k, v in source.items() if k in ("calibration", "source")}})
     return out
 
@@ -115,10 +116,8 @@ def _strongly_typed_flags(trt) -> int:
 
 
 def _write_bytes_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(memoryview(data))
-    os.replace(tmp, path)
 
 
 def check_plan_compat(plan: str | os.PathLike | dict, *, current: dict | None = None) -> None:

@@ -13,7 +13,8 @@ from conftest import invoke
 from dcx.train import metrics
 from dcx.train.card import ModelCard
 from dcx.train.errors import DcxError
-from dcx.train.evaluate import summarize, sweep_markdown, write_json
+from dcx.train.evaluate import summarize, sweep_markdown
+from dcx.train.files import write_json
 from dcx.train.plots import plot_confusion, plot_pr, plot_roc
 
 CLASSES = ["covid", "normal", "pneumonia"]

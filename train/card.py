@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .errors import DcxError
+from .files import atomic_path
 from .preprocess import Preprocess
 
 FORMAT = "dcx-checkpoint/1"
@@ -91,18 +91,11 @@ class ModelCard:
 def save_checkpoint(path: str | os.PathLike, state_dict: dict, card: ModelCard, resume: dict | None = None) -> Path:
     """Write atomically (temp file + rename) so a crash never leaves half a checkpoint."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "card": card.to_dict(), "state_dict": state_dict}
     if resume is not None:
         payload["resume"] = resume
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

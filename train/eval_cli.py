@@ -9,7 +9,8 @@ import numpy as np
 from .card import load_checkpoint
 from .data import SPLITS, read_samples
 from .errors import DcxError
-from .evaluate import format_ci, format_metric, predict_samples, summarize, sweep_markdown, write_json, write_predictions
+from .evaluate import format_ci, format_metric, predict_samples, summarize, sweep_markdown, write_predictions
+from .files import write_json
 from .plots import plot_confusion, plot_pr, plot_roc
 
 OUTPUTS = ("metrics.json", "threshold_sweep.md", "predictions.csv", "roc.png", "pr.png", "confusion.png")

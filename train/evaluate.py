@@ -9,7 +9,6 @@ matrix and per-class precision/recall/F1), and the screening flag is
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ def summarize(y_true_labels, probs, card: ModelCard) -> dict:
     Returns a JSON-ready dict: the positive class's AUC, average precision and operating point at
     the card's threshold (with 95% Wilson CIs), the threshold sweep, the arg-max confusion matrix,
     per-class precision/recall/F1 and one-vs-rest AUCs. NaN (undefined, e.g. no positives) is
-    kept as float NaN here; :func:`write_json` writes it as ``null``.
+    kept as float NaN here; :func:`dcx.train.files.write_json` writes it as ``null``.
     """
     labels = [str(label) for label in y_true_labels]
     probs = np.asarray(probs, dtype=np.float64)
@@ -137,25 +136,6 @@ def predict_samples(card: ModelCard, state_dict: dict, samples: list, *, batch_s
 
 
 # --------------------------------------------------------------------------- files
-
-
-def write_json(path: str | os.PathLike, payload: dict) -> Path:
-    """Strict JSON: NaN and infinities become null, numpy scalars plain numbers."""
-    path = Path(path)
-    path.write_text(json.dumps(_strict(payload), indent=2) + "\n", encoding="utf-8")
-    return path
-
-
-def _strict(value):
-    if isinstance(value, dict):
-        return {str(k): _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    if isinstance(value, (np.integer, np.bool_)):
-        return value.item()
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
 
 
 def write_predictions(path: str | os.PathLike, result: Predictions, card: ModelCard) -> Path:

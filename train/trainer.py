@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -40,6 +39,7 @@ from .card import ModelCard, load_checkpoint, save_checkpoint
 from .data import (SPLITS, EpochSampler, ImageDataset, Sample, check_trainable, class_counts, collate_skipping, data_fingerprint,
                    inverse_frequency_weights, read_samples, split_samples, write_manifest)
 from .errors import DcxError
+from .files import usable_cores, write_json
 from .models import create_model
 from .presets import EvalPreset, TrainPreset
 
@@ -74,13 +74,9 @@ class TrainingInterrupted(Exception):
     """Ctrl-C during training; last.pt holds the state, the message (already logged) says how to resume."""
 
 
-def cpu_count() -> int:
-    """CPUs this process may use (container limits included where the OS says)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def default_workers() -> int:
-    return min(4, cpu_count())
+    """Image loader processes: one per core, at most 4."""
+    return min(4, usable_cores())
 
 
 def train(config: TrainConfig, *, resume: bool = False, force: bool = False) -> Path:
@@ -157,7 +153,7 @@ class Run:
         if cuda:
             torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
         else:
-            torch.set_num_threads(cpu_count())  # loader workers run single-threaded (DataLoader's own rule)
+            torch.set_num_threads(usable_cores())  # loader workers run single-threaded (DataLoader's own rule)
 
         torch.manual_seed(config.seed)
         self.model = create_model(config.arch, len(self.classes), weights=config.weights)
@@ -373,7 +369,7 @@ class Run:
                                        **metrics.operating_point(y, p, threshold)}}
         card.training.update(best_epoch=self.best_epoch, unreadable_images=len(self.unreadable))
         save_checkpoint(self.out / BEST, state_dict, card)
-        (self.out / CARD).write_text(json.dumps(card.to_dict(), indent=2) + "\n", encoding="utf-8")
+        write_json(self.out / CARD, card.to_dict())
         v = card.metrics["validation"]
         self.log(f"best epoch {self.best_epoch}: val AUC {v['auc']:.4f}; threshold {threshold:.4g} ({policy}): "
                  f"sensitivity {v['sensitivity']:.3f}, specificity {v['specificity']:.3f}")

@@ -20,6 +20,7 @@ import torch
 
 from dcx.export.artefact import INPUT_NAME, OUTPUT_NAMES, read_card, read_precision
 from dcx.train.errors import DcxError
+from dcx.train.files import usable_cores
 
 from .base import Backend
 
@@ -74,14 +75,6 @@ class OnnxRuntimeBackend(Backend):
 
     def _release(self) -> None:
         del self.session
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (cgroup/affinity aware where the OS tells us)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def cpu_tuned_options(threads: int | None = None):
