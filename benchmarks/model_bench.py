@@ -40,7 +40,8 @@ def expand_engines(paths: list[str | os.PathLike]) -> list[Path]:
 
 def bench_backend(backend, batch_sizes: list[int], *, size: int | None = None, warmup: int = 2,
                   repeat: int = 5) -> list[dict]:
-    """Latency and images/s of ``backend.infer`` per batch size (median over ``repeat`` calls)."""
+    """Latency and images/s of ``backend.infer`` per batch size (median over ``repeat`` calls),
+    and the process CPU time per image (on a GPU: the host's share only)."""
     size = size or backend.card.input_size
     if size != backend.card.input_size:
         raise DcxError(f"{backend.card.arch} takes {backend.card.input_size} px inputs (fixed when it was "
@@ -52,14 +53,17 @@ def bench_backend(backend, batch_sizes: list[int], *, size: int | None = None, w
         for _ in range(warmup):
             backend.infer(images)
         latencies = []
+        cpu = time.process_time()
         for _ in range(repeat):
             start = time.perf_counter()
             backend.infer(images)
             latencies.append(time.perf_counter() - start)
+        cpu = time.process_time() - cpu  # every thread of this process: the backend's pools
         lat = summarise(latencies)
         rows.append({"batch_size": batch, "latency_s": lat,
                      "images_per_s": batch / lat["median"],
-                     "images_per_s_range": [batch / lat["max"], batch / lat["min"]]})
+                     "images_per_s_range": [batch / lat["max"], batch / lat["min"]],
+                     "cpu_ms_per_image": 1000.0 * cpu / (batch * repeat)})
     return rows
 
 

@@ -8,7 +8,11 @@ One invocation measures, on the same files and the same weights:
 - **peer**: the Deep-COVID / torchvision loop (:mod:`.peer_baseline`) on exactly the files
   dcx scored ``ok``, also a child process (``dcx-bench peer``);
 - **model-only**: the engine's backend on prepared tensors at the engine's batch size, the
-  ceiling that end-to-end throughput is compared with.
+  ceiling that end-to-end throughput is compared with;
+- **decoding only**: the engine's decoder, and DALI's bare codec, on the same files
+  (:mod:`.decode_bench`). With the process CPU time per image of each part, a CPU run gets
+  its budget: ``cores / (decoder + model CPU ms per image)`` is the most any overlap of the
+  two can reach, and the same with the bare codec is the most any decoder could.
 
 Both timed figures cover model loading through the last score, and exclude interpreter
 start-up and imports (dcx-infer's summary starts its clock before opening the model; the
@@ -25,6 +29,7 @@ from pathlib import Path
 from dcx.train.errors import DcxError
 
 from . import report as rep
+from .decode_bench import bench_decoding, cpu_ceiling
 from .engine_runs import cli_command, read_results, resolve_reference, run_infer
 from .measure import run_child, summarise
 from .model_bench import bench_model_file
@@ -60,6 +65,9 @@ def measure_throughput(engine: Path, data: Path, workdir: Path, *, repeat: int =
     first = dcx_runs[0].summary
     log(f"model-only: {first['backend']} {first['precision']} at batch {first['batch_size']}")
     model_only = bench_model_file(engine, [first["batch_size"]], repeat=model_repeat)
+    log("decoding only: the engine's decoder, then DALI's codec alone")
+    decoding = bench_decoding(scored, engine, batch_size=first["batch_size"], threads=first["decode_threads"],
+                              device="gpu" if first["device"].startswith("cuda") else "cpu")
     report = {
         "kind": "throughput",
         "created": rep.stamp(),
@@ -75,7 +83,9 @@ def measure_throughput(engine: Path, data: Path, workdir: Path, *, repeat: int =
         "dcx": _dcx_section(dcx_runs),
         "model_only": {**model_only["results"][0], "backend": model_only["backend"],
                        "precision": model_only["precision"]},
+        "decoding": decoding,
     }
+    report["cpu"] = _cpu_budget(report)
     if peer:
         report["reference"] = {"checkpoint": os.fspath(ref[0]), "resolved_from": ref[1]}
         report["peer"] = _peer_section(peer_runs)
@@ -145,6 +155,26 @@ def _dcx_section(runs) -> dict:
     }
 
 
+def _cpu_budget(report: dict) -> dict:
+    """CPU milliseconds per image of each part and, for a CPU run, the ceilings they imply."""
+    dcx = report["dcx"]["summaries"]
+    decoder, codec = report["decoding"]["engine_decoder"], report["decoding"]["codec_only"]
+    budget = {"cores": report["machine"]["cores"],
+              "dcx_ms_per_image": summarise([1000 * s["cpu_s"] / s["scored_this_run"] for s in dcx])["median"],
+              "model_ms_per_image": report["model_only"]["cpu_ms_per_image"],
+              "decoder_ms_per_image": decoder["cpu_ms_per_image"],
+              "codec_ms_per_image": codec.get("cpu_ms_per_image")}
+    if report["engine"]["device"] == "cpu":
+        model = report["model_only"]["images_per_s"]
+        ceiling = cpu_ceiling(budget["cores"], budget["decoder_ms_per_image"], budget["model_ms_per_image"])
+        budget.update(ceiling_images_per_s=ceiling, ceiling_over_model_only=ceiling / model,
+                      dcx_over_ceiling=report["dcx"]["images_per_s"]["median"] / ceiling)
+        if budget["codec_ms_per_image"]:
+            floor = cpu_ceiling(budget["cores"], budget["codec_ms_per_image"], budget["model_ms_per_image"])
+            budget.update(codec_ceiling_images_per_s=floor, codec_ceiling_over_model_only=floor / model)
+    return budget
+
+
 def _peer_section(runs: list[dict]) -> dict:
     first = runs[0]
     return {
@@ -206,21 +236,27 @@ def markdown(report: dict) -> str:
     mo = report["model_only"]
     title = (f"### {eng['arch']} {eng['precision'].upper()} ({eng['backend']}), {eng['input_size']} px: "
              f"{data['counts']['ok']} images of {data['path']}")
+    cpu, decoding = report["cpu"], report["decoding"]
     rows = [[f"dcx-infer (batch {eng['batch_size']}, {eng['decode_threads']} decode threads)",
              rep.fmt(dcx["images_per_s"]["median"]), rep.fmt_range(dcx["images_per_s"]),
-             rep.mib(dcx["peak_rss_bytes"])]]
+             rep.fmt(cpu["dcx_ms_per_image"], 1), rep.mib(dcx["peak_rss_bytes"])]]
     if "peer" in report:
         peer = report["peer"]
         rows.append([f"peer: PIL + torchvision + DataLoader ({peer['workers']} workers), eager FP32, batch "
                      f"{peer['batch_size']}", rep.fmt(peer["images_per_s"]["median"]),
-                     rep.fmt_range(peer["images_per_s"]), rep.mib(peer["peak_rss_bytes"])])
+                     rep.fmt_range(peer["images_per_s"]), "–", rep.mib(peer["peak_rss_bytes"])])
     rows.append([f"model-only ({mo['backend']} {mo['precision']}, batch {mo['batch_size']}, prepared tensors)",
                  rep.fmt(mo["images_per_s"]), f"{rep.fmt(mo['images_per_s_range'][0])}–"
-                 f"{rep.fmt(mo['images_per_s_range'][1])}", "–"])
+                 f"{rep.fmt(mo['images_per_s_range'][1])}", rep.fmt(cpu["model_ms_per_image"], 1), "–"])
+    for label, part in (("decoding only: the engine's decoder (no inference)", decoding["engine_decoder"]),
+                        ("decoding only: DALI's codec alone (no resize, no checks)", decoding["codec_only"])):
+        if part["images"]:
+            rows.append([f"{label}, {part['images']} images", rep.fmt(part["images_per_s"]), "one pass",
+                         rep.fmt(part["cpu_ms_per_image"], 1), "–"])
     after = report["loadavg_after"]
     lines = [title, "", f"Machine: {rep.machine_line(report['machine'])} before, {after[0] if after else '?'} after; "
              f"{report['settings']['repeat']} repetitions, median and min–max.", "",
-             rep.table(["run", "images/s", "range", "peak RSS"], rows), ""]
+             rep.table(["run", "images/s", "range", "CPU ms/image", "peak RSS"], rows), ""]
     ratios = report["ratios"]
     if "dcx_over_peer" in ratios:
         lines.append(f"- dcx / peer: **{ratios['dcx_over_peer']:.2f}x** (per repetition pair "
@@ -230,6 +266,7 @@ def markdown(report: dict) -> str:
                      f"max |delta p| {agree['max_abs_delta_p']:.4f} (reference: {report['reference']['checkpoint']}, "
                      f"{report['reference']['resolved_from']})")
     lines.append(f"- dcx / model-only: **{ratios['dcx_over_model_only']:.0%}**")
+    lines += _budget_lines(report)
     wall, setup = dcx["wall_s"]["median"], dcx["setup_s"]["median"]
     stage_rows = [[stage, rep.fmt(s["median"], 2), f"{s['median'] / wall:.0%}"] for stage, s in dcx["stage_s"].items()]
     lines += ["", f"dcx-infer stages (busy seconds, median; wall {wall:.2f} s, of which setup {setup:.2f} s "
@@ -238,3 +275,26 @@ def markdown(report: dict) -> str:
               "bytes and headers, decode = DALI decode + resize, preprocess = geometry and assembly):", "",
               rep.table(["stage", "seconds", "of wall"], stage_rows), ""]
     return "\n".join(lines)
+
+
+def _budget_lines(report: dict) -> list[str]:
+    """What the CPU time per image allows on this machine (CPU runs only)."""
+    cpu = report["cpu"]
+    if "ceiling_images_per_s" not in cpu:
+        return []
+    cores, model, decoder = cpu["cores"], cpu["model_ms_per_image"], cpu["decoder_ms_per_image"]
+    lines = ["", f"CPU budget (process CPU ms per image, every thread; dcx-infer's includes setup): decoding and "
+             f"inference share {cores} cores, so end to end cannot beat {cores} x 1000 / (decode + model) images/s "
+             "however they overlap.", "",
+             f"- with this decoder: {cores} x 1000 / ({decoder:.1f} + {model:.1f}) = "
+             f"**{cpu['ceiling_images_per_s']:.1f} img/s = {cpu['ceiling_over_model_only']:.0%} of model-only**; "
+             f"dcx-infer reaches {cpu['dcx_over_ceiling']:.0%} of it"]
+    if "codec_ceiling_images_per_s" in cpu:
+        floor = cpu["codec_ceiling_images_per_s"]
+        vs_peer = (f", {floor / report['peer']['images_per_s']['median']:.2f}x the peer"
+                   if "peer" in report else "")
+        lines.append(f"- with DALI's codec alone as the whole decoder (no resize, no checks): {cores} x 1000 / "
+                     f"({cpu['codec_ms_per_image']:.1f} + {model:.1f}) = **{floor:.1f} img/s = "
+                     f"{cpu['codec_ceiling_over_model_only']:.0%} of model-only{vs_peer}**: the most any decoder "
+                     "of these files could allow with this model on this CPU")
+    return lines

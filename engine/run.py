@@ -107,6 +107,7 @@ class Stats:
         self.files = self.decoded = self.reused = self.inferred = self.flagged = 0
         self.started = time.time()
         self._t0 = time.perf_counter()
+        self._cpu0 = time.process_time()
         self._lock = threading.Lock()
 
     def add_time(self, stage: str, seconds: float) -> None:
@@ -119,6 +120,13 @@ class Stats:
     @property
     def elapsed(self) -> float:
         return time.perf_counter() - self._t0
+
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds of every thread of this process since the run started (decoders,
+        inference pools, Python): on a CPU-bound machine, what the images really cost. With
+        ``--ray`` this is the driver's alone; the workers are other processes."""
+        return time.process_time() - self._cpu0
 
 
 def screen(options: ScreenOptions) -> dict:
@@ -378,6 +386,7 @@ def run_summary(options: ScreenOptions, backend, card, stats: Stats, completed: 
         "files_per_s": round(stats.files / wall, 2) if wall > 0 else None,
         "wall_s": round(wall, 3),
         "setup_s": round(stats.setup_s, 3),
+        "cpu_s": round(stats.cpu_s, 3),
         "stage_s": {k: round(v, 3) for k, v in stats.stage_s.items()},
         "formats": dict(stats.formats.most_common()),
         "transfer_syntaxes": dict(stats.transfer_syntaxes.most_common()),

@@ -14,6 +14,7 @@ import torch
 
 from conftest import invoke
 from dcx.benchmarks.cli import main
+from dcx.benchmarks.decode_bench import cpu_ceiling
 from dcx.benchmarks.engine_runs import resolve_reference, run_infer
 from dcx.benchmarks.measure import python_child, run_child, summarise
 from dcx.train.errors import DcxError
@@ -85,7 +86,20 @@ def test_throughput_smoke(fp32_onnx, synth_archive, tmp_path):
     assert report["peer_agreement"]["files"] == 12
     assert report["peer_agreement"]["max_abs_delta_p"] < 0.1
     assert "dcx / peer" in md.read_text() and "dcx / peer" in result.output
+    # the CPU budget: every part measured on the same files, and the ceiling they imply
+    decoding, cpu = report["decoding"], report["cpu"]
+    assert decoding["engine_decoder"]["images"] == 12 and 0 < decoding["codec_only"]["images"] <= 12
+    assert min(cpu[k] for k in ("dcx_ms_per_image", "model_ms_per_image", "decoder_ms_per_image",
+                                "codec_ms_per_image")) > 0
+    assert cpu["ceiling_images_per_s"] == cpu_ceiling(cpu["cores"], cpu["decoder_ms_per_image"],
+                                                      cpu["model_ms_per_image"])
+    assert "CPU budget" in result.output and "DALI's codec alone" in result.output
     invoke(main, ["throughput", "--engine", fp32_onnx, "--data", synth_archive, "--out", out], expect_exit=1)
+
+
+def test_cpu_ceiling_is_cores_over_cost_per_image():
+    assert cpu_ceiling(2, 15.0, 25.0) == 50.0  # 2 cores, 40 ms of CPU per image
+    assert cpu_ceiling(1, 10.0) == 100.0
 
 
 def test_each_dcx_infer_run_starts_fresh(fp32_onnx, synth_archive, tmp_path):

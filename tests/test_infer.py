@@ -104,6 +104,7 @@ def test_one_row_per_file_broken_ones_with_reasons(trained_checkpoint, archive, 
     assert summary["completed"] and summary["decoded_this_run"] == len(rows)
     assert set(summary["stage_s"]) == {"discover", "state", "read", "decode", "preprocess", "infer", "write"}
     assert summary["stage_s"]["decode"] > 0 and summary["setup_s"] > 0
+    assert 0 < summary["cpu_s"] <= summary["wall_s"] * os.cpu_count() + 0.5  # process CPU, this run only
     assert by_path(rows)[str(archive / "dicomless/renamed")]["format"] == "png"  # by content
 
 

@@ -1,0 +1,103 @@
+"""Decoding-only throughput and CPU cost: the other half of the end-to-end budget.
+
+Model-only throughput is the ceiling inference sets; this module measures what decoding
+costs on the same files, so a report can say where end-to-end time goes and what is
+reachable at all. On a CPU, decoding and inference share the same cores, so the images/s
+of the whole path cannot exceed ``cores / (decode + inference CPU seconds per image)``
+(:func:`cpu_ceiling`), however well the two overlap. Two decoding figures:
+
+- **engine decoder**: :class:`dcx.engine.decode.Decoder` exactly as ``dcx-infer`` builds it
+  (batch size, threads, device): read, sniff, headers, DALI decode, letterbox;
+- **codec only**: DALI's image decoder alone (no resize, no checks) on the raster files the
+  engine decoder handed to DALI: the floor no decoder of these files can go under.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from dcx.train.errors import DcxError
+
+
+def bench_decoding(files: list[str], engine: str | os.PathLike, *, batch_size: int, threads: int,
+                   device: str = "cpu") -> dict:
+    """Images/s and CPU milliseconds per image of the engine's decoder and of the bare codec."""
+    if not files:
+        raise DcxError("no files to decode")
+    engine_decoder, by_dali = _bench_engine_decoder(files, _card(engine).preprocess(), batch_size, threads, device)
+    return {"engine_decoder": engine_decoder, "codec_only": _bench_codec(by_dali, batch_size, threads, device)}
+
+
+def cpu_ceiling(cores: int, *cpu_ms_per_image: float) -> float:
+    """The most images/s ``cores`` can sustain when each image costs the given CPU milliseconds."""
+    return 1000.0 * cores / sum(cpu_ms_per_image)
+
+
+def _card(engine: str | os.PathLike):
+    if Path(engine).suffix.lower() == ".pt":
+        from dcx.train.card import load_checkpoint
+
+        return load_checkpoint(engine)[0]
+    from dcx.export.artefact import read_card
+
+    return read_card(engine)
+
+
+def _bench_engine_decoder(files, preprocess, batch_size: int, threads: int,
+                          device: str) -> tuple[dict, list[str]]:
+    """The decoder's record, and the raster files it decoded with DALI (the codec's input)."""
+    from dcx.engine.decode import Decoder
+
+    by_dali: list[str] = []
+
+    def decode(batch: list[str]) -> int:
+        decoded = decoder.decode(batch)
+        by_dali.extend(path for path, outcome in zip(batch, decoded.outcomes)
+                       if outcome.meta.get("decoded_by") == "dali" and outcome.format != "dicom")
+        return len(decoded.images)
+
+    with Decoder(preprocess, device=device, batch_size=batch_size, num_threads=threads) as decoder:
+        decoder.decode(files[:batch_size])  # warm-up: builds the pipelines
+        record = _timed(decode, files, batch_size)
+    return {**record, "what": "dcx.engine.decode.Decoder (read, checks, DALI decode, letterbox)"}, by_dali
+
+
+def _bench_codec(rasters: list[str], batch_size: int, threads: int, device: str) -> dict:
+    """DALI's decoder alone (native channels, 8 bits) on raster files it is known to decode."""
+    import numpy as np
+    import torch
+    from nvidia.dali import fn, pipeline_def, types
+
+    if not rasters:
+        return {"images": 0, "what": "no raster file went to DALI (DICOM or reference-path files only)"}
+
+    @pipeline_def(batch_size=batch_size, num_threads=threads, prefetch_queue_depth=1,
+                  device_id=torch.cuda.current_device() if device == "gpu" else None)
+    def codec():
+        encoded = fn.external_source(name="encoded", batch=True)
+        return fn.decoders.image(encoded, output_type=types.ANY_DATA, dtype=types.UINT8,
+                                 device="mixed" if device == "gpu" else "cpu")
+
+    pipe = codec()
+    pipe.build()
+
+    def decode(batch: list[str]) -> int:
+        data = [np.fromfile(path, dtype=np.uint8) for path in batch]
+        pipe.feed_input("encoded", data)
+        pipe.run()
+        return len(batch)
+
+    decode(rasters[:batch_size])
+    return {**_timed(decode, rasters, batch_size), "what": "DALI fn.decoders.image only (no resize, no checks)"}
+
+
+def _timed(decode, files: list[str], batch_size: int) -> dict:
+    """One pass over ``files``: wall and process CPU time (every thread) per decoded image."""
+    wall, cpu, images = time.perf_counter(), time.process_time(), 0
+    for start in range(0, len(files), batch_size):
+        images += decode(files[start:start + batch_size])
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if images == 0:
+        raise DcxError("no file decoded")
+    return {"images": images, "images_per_s": images / wall, "cpu_ms_per_image": 1000.0 * cpu / images}
