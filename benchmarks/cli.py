@@ -77,6 +77,9 @@ def throughput(engine, data, repeat, warmup, batch_size, limit, peer, reference,
     dcx-infer runs exactly as users run it (a child process, state database on, fresh output per
     repetition); its run summary gives images/s and busy seconds per stage, the kernel its peak
     memory. The peer is PIL + torchvision transforms + DataLoader + PyTorch eager FP32 at batch 20.
+    Then model-only and decoding-only runs (the engine's decoder, and DALI's codec alone) on the
+    same files give the CPU milliseconds each image costs; on a CPU the report turns them into the
+    ceiling cores x 1000 / (decode + model) that no overlap of the two can beat.
     The Markdown table goes to stdout; progress to stderr.
 
     \b
