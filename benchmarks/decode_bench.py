@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
+from dcx.engine.backends import read_engine_card
 from dcx.train.errors import DcxError
 
 
@@ -25,23 +25,14 @@ def bench_decoding(files: list[str], engine: str | os.PathLike, *, batch_size: i
     """Images/s and CPU milliseconds per image of the engine's decoder and of the bare codec."""
     if not files:
         raise DcxError("no files to decode")
-    engine_decoder, by_dali = _bench_engine_decoder(files, _card(engine).preprocess(), batch_size, threads, device)
+    preprocess = read_engine_card(engine).preprocess()
+    engine_decoder, by_dali = _bench_engine_decoder(files, preprocess, batch_size, threads, device)
     return {"engine_decoder": engine_decoder, "codec_only": _bench_codec(by_dali, batch_size, threads, device)}
 
 
 def cpu_ceiling(cores: int, *cpu_ms_per_image: float) -> float:
     """The most images/s ``cores`` can sustain when each image costs the given CPU milliseconds."""
     return 1000.0 * cores / sum(cpu_ms_per_image)
-
-
-def _card(engine: str | os.PathLike):
-    if Path(engine).suffix.lower() == ".pt":
-        from dcx.train.card import load_checkpoint
-
-        return load_checkpoint(engine)[0]
-    from dcx.export.artefact import read_card
-
-    return read_card(engine)
 
 
 def _bench_engine_decoder(files, preprocess, batch_size: int, threads: int,

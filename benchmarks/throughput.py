@@ -70,8 +70,9 @@ def measure_throughput(engine: Path, data: Path, workdir: Path, *, repeat: int =
     log(f"model-only: {first['backend']} {first['precision']} at batch {first['batch_size']}")
     model_only = bench_model_file(engine, [first["batch_size"]], repeat=model_repeat)
     log("decoding only: the engine's decoder, then DALI's codec alone")
-    decoding = bench_decoding(scored[:DECODING_ONLY_FILES], engine, batch_size=first["batch_size"], threads=first["decode_threads"],
-                              device="gpu" if first["device"].startswith("cuda") else "cpu")
+    decoder_device = "gpu" if first["device"].startswith("cuda") else "cpu"
+    decoding = bench_decoding(scored[:DECODING_ONLY_FILES], engine, batch_size=first["batch_size"],
+                              threads=first["decode_threads"], device=decoder_device)
     report = {
         "kind": "throughput",
         "created": rep.stamp(),

@@ -84,8 +84,10 @@ def screen_on_ray(options: run.ScreenOptions, address: str = "local", *,
     if (options.fmt or (format_for(options.out) if Path(options.out).suffix else "parquet")) != "parquet":
         raise DcxError(f"--ray writes a folder of Parquet parts: name --out like results.parquet "
                        f"(got {options.out}); dcx-merge turns the folder into CSV or JSONL")
+    from .backends import read_engine_card  # the model card only: the driver may have no GPU for a plan
+
     ray = _import_ray()
-    card = _read_card(options.engine)
+    card = read_engine_card(options.engine)
     schema = RowSchema.for_card(card, options.include_phi)
     stats = run.Stats()
     backend_info = SimpleNamespace(name=None, precision=None, device=None)  # from the actors' replies
@@ -151,17 +153,6 @@ def _import_ray():
     except ImportError as exc:
         raise DcxError("--ray needs Ray Data: pip install 'dcx[ray]'") from exc
     return ray
-
-
-def _read_card(engine: Path):
-    """The model card without loading the model (the driver may have no GPU for a plan)."""
-    if Path(engine).suffix.lower() == ".pt":
-        from dcx.train.card import load_checkpoint
-
-        return load_checkpoint(engine)[0]
-    from dcx.export.artefact import read_card
-
-    return read_card(engine)
 
 
 def _connect(ray, address: str) -> bool:

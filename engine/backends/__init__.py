@@ -27,7 +27,7 @@ from dcx.train.errors import DcxError
 
 from .base import DEVICES, Backend
 
-__all__ = ["Backend", "open_backend", "BACKEND_BY_SUFFIX"]
+__all__ = ["Backend", "open_backend", "read_engine_card", "BACKEND_BY_SUFFIX"]
 
 BACKEND_BY_SUFFIX = {".plan": "tensorrt", ".engine": "tensorrt", ".onnx": "onnxruntime", ".pt": "pytorch"}
 
@@ -55,3 +55,16 @@ def open_backend(path: str | os.PathLike, *, device: str = "auto", threads: int 
     else:
         from .torch_backend import TorchBackend as cls
     return cls(path, device=device, threads=threads)
+
+
+def read_engine_card(path: str | os.PathLike):
+    """The :class:`~dcx.train.card.ModelCard` of a model file without loading the model (a
+    Ray driver or a benchmark may have no GPU for a plan): a checkpoint's own, else the
+    export sidecar's or ONNX metadata's."""
+    if Path(path).suffix.lower() == ".pt":
+        from dcx.train.card import load_checkpoint
+
+        return load_checkpoint(path)[0]
+    from dcx.export.artefact import read_card
+
+    return read_card(path)
