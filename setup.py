@@ -33,6 +33,7 @@ setup(
         "pylibjpeg>=2.0",
         "pylibjpeg-libjpeg>=2.1",
         "pylibjpeg-openjpeg>=2.3",
+        "pylibjpeg-rle>=2.0",
         "pyjpegls>=1.4",
         "nvidia-dali-cuda130>=2.0",
         "click>=8.1",

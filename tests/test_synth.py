@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -221,3 +222,13 @@ def test_no_file_variant_stands_in_for_the_class():
         for variant in {p.variant for p in plans}:
             counts = [per_variant[variant, c] for c in classes]
             assert max(counts) - min(counts) <= 1, (formats, variant, counts)
+
+
+def test_every_dicom_codec_plugin_is_declared():
+    """A clean install must encode and decode every syntax dcx writes or reads: the codec
+    plugins are runtime dependencies of dcx itself, not something installed by hand."""
+    from importlib.metadata import requires
+
+    declared = {re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0].lower() for r in requires("dcx") or []}
+    for plugin in ("pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle", "pyjpegls"):
+        assert plugin in declared, f"{plugin} is not in setup.py's install_requires"

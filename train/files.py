@@ -2,7 +2,9 @@
 
 Every file dcx hands to someone else (checkpoints, ONNX graphs, plans, sidecars, heatmaps,
 metrics, run summaries) is written to a temporary name beside its target and renamed onto
-it when complete, so a crash or Ctrl-C never leaves half a file under the real name.
+it when complete, so a crash or Ctrl-C never leaves half a file under the real name. The
+file gets the permissions any ordinary write would give it (0666 less the umask), not the 0600
+of a temporary file: a nightly job's results must be readable by the group that reads them.
 """
 from __future__ import annotations
 
@@ -21,13 +23,31 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    """The process umask. Linux reports it in /proc; elsewhere reading it means setting it
+    (and straight back), which is not thread-safe, so that is the fallback only."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike, payload) -> Path:
