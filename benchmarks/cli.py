@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import click
 
+from dcx.core.progress import clock
 from dcx.train.errors import DcxError
 
 from . import report as rep
@@ -16,8 +18,12 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_PARITY_FAILED = 1
 
 
+_STARTED = time.perf_counter()
+
+
 def _log(message: str) -> None:
-    click.echo(message, err=True)
+    """A phase of a benchmark, with the time since the command started (for logs)."""
+    click.echo(f"dcx-bench [{clock(time.perf_counter() - _STARTED)}] {message}", err=True)
 
 
 def _batch_sizes(ctx, param, value: str) -> list[int]:

@@ -52,6 +52,10 @@ def summarise(values: list[float]) -> dict:
             "q1": q1, "q3": q3, "values": values}
 
 
+#: Progress lines of child commands (see dcx.core.progress) that the benchmark passes on.
+FORWARDED_PROGRESS = ("dcx-infer: ",)
+
+
 @dataclass
 class ChildRun:
     """Outcome of one child process."""
@@ -74,11 +78,18 @@ def run_child(command: list[str]) -> ChildRun:
         peak_file = os.path.join(tmp, "peak")
         env = {**os.environ, PEAK_FILE_ENV: peak_file}
         start = time.perf_counter()
-        proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        lines = []
+        for raw in proc.stdout:  # a long child run shows its progress lines as they come
+            line = raw.decode("utf-8", "replace")
+            lines.append(line)
+            if line.startswith(FORWARDED_PROGRESS):
+                sys.stderr.write(f"  {line}")
+        proc.wait()
         wall = time.perf_counter() - start
         try:
             with open(peak_file, encoding="ascii") as f:
                 peak = int(f.read())
         except (OSError, ValueError):
             peak = None
-    return ChildRun(command, proc.returncode, wall, peak, proc.stdout.decode("utf-8", "replace"))
+    return ChildRun(command, proc.returncode, wall, peak, "".join(lines))

@@ -1,7 +1,6 @@
 """``dcx-infer``: screen an archive of chest radiographs, one result row per file."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -130,7 +129,7 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
         engine=engine, out=out, root=archive, files_from=files_from, fmt=fmt, include=include,
         exclude=exclude, state=state, heatmaps=heatmaps, summary=summary, batch_size=batch_size,
         decode_threads=decode_threads, device=device, include_phi=include_phi, series_rules=series_rules,
-        progress=sys.stderr.isatty(), shard=shard)
+        progress=True, shard=shard)
     try:
         if ray_address is None:
             result = screen(options)

@@ -38,6 +38,7 @@ import os
 import queue
 import re
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -113,7 +114,7 @@ def screen_on_ray(options: run.ScreenOptions, address: str = "local", *,
                     stack.callback(ray.shutdown)
                 actor_options, pool = _actor_pool(ray, options)
                 ray_info.update(actors=pool["concurrency"], actor_resources=pool)
-                ray.data.DataContext.get_current().enable_progress_bars = options.progress
+                ray.data.DataContext.get_current().enable_progress_bars = options.progress and sys.stderr.isatty()
                 dataset = ray.data.from_arrow(pending.blocks(options.batch_size)).map_batches(
                     _ScoreFiles, batch_size=options.batch_size, batch_format="pyarrow",
                     fn_constructor_kwargs=dict(options=actor_options, cwd=os.getcwd()), **pool)

@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import itertools
 import queue
-import sys
 import threading
 import time
 from collections import Counter
@@ -31,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from dcx.core.progress import Progress
 from dcx.train.files import write_json
 
 from .discover import Candidate, discover
@@ -399,37 +399,26 @@ def run_summary(options: ScreenOptions, backend, card, stats: Stats, completed: 
 
 
 class _Progress:
-    """``12,345/80,000 files  95.3 img/s  ETA 0:10:05`` on stderr, redrawn at most twice a second.
-
-    The total comes from a second discovery pass in a background thread (listing only, no
-    stat: cheap next to decoding); until it finishes there is no ETA.
+    """The run's progress line (see :mod:`dcx.core.progress`): files done of all files, with
+    images/s and an ETA. The total comes from a second discovery pass in a background thread
+    (listing only, no stat: cheap next to decoding); until it finishes there is no ETA.
     """
 
     def __init__(self, options: ScreenOptions, stats: Stats):
         self.stats = stats
-        self.total: int | None = None
-        self._last = 0.0
+        self.line = Progress("dcx-infer", unit="files")
         if options.files_from != "-":  # standard input can be read only once
             threading.Thread(target=self._count, args=(options,), name="dcx-count", daemon=True).start()
 
     def _count(self, options: ScreenOptions) -> None:
-        self.total = sum(1 for _ in candidates(options, stat_files=False))
+        self.line.total = sum(1 for _ in candidates(options, stat_files=False))
 
-    def update(self, force: bool = False) -> None:
-        now = time.perf_counter()
-        if not force and now - self._last < 0.5:
-            return
-        self._last = now
-        s, wall = self.stats, max(self.stats.elapsed, 1e-9)
-        done = f"{s.files:,}/{self.total:,}" if self.total is not None else f"{s.files:,}"
-        text = f"\r{done} files  {s.inferred / wall:.1f} img/s"
-        if self.total and s.files:
-            eta = max(0.0, (self.total - s.files) * wall / s.files)
-            text += f"  ETA {int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}"
-        sys.stderr.write(text + "\x1b[K")
-        sys.stderr.flush()
+    def _detail(self) -> str:
+        s = self.stats
+        return f"{s.inferred / max(s.elapsed, 1e-9):.1f} img/s scored"
+
+    def update(self) -> None:
+        self.line.update(self.stats.files, self._detail())
 
     def close(self) -> None:
-        self.update(force=True)
-        sys.stderr.write("\n")
-        sys.stderr.flush()
+        self.line.close(self._detail())

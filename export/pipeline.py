@@ -146,7 +146,7 @@ def _write_onnx(req: ExportRequest, model: DcxNet, card: ModelCard, echo) -> Pat
 
 def _quantize(req: ExportRequest, fp32: Path, card: ModelCard, echo):
     chosen, origin = samples_mod.calibration_samples(card, req.calib, req.calib_samples)
-    batches = samples_mod.Batches(chosen, card)
+    batches = samples_mod.Batches(chosen, card, progress="dcx-export calibration")
     proto = precision_mod.quantize_int8(fp32, (images.numpy() for images, _ in batches))
     manifest = calibration_manifest_path(req.onnx_out)
     with open(manifest, "w", newline="", encoding="utf-8") as f:
@@ -188,7 +188,8 @@ class _Verification:
                                "validation split); pass --eval DATA")
             return {**result, "passed": None}
         samples, origin = self.evaluation
-        report = verify.accuracy(reference, candidate, self.card, samples_mod.Batches(samples, self.card))
+        batches = samples_mod.Batches(samples, self.card, progress=f"dcx-export verifying {name}")
+        report = verify.accuracy(reference, candidate, self.card, batches)
         report["origin"] = origin
         self.echo(f"{name} vs {reference_name} on {origin}: {verify.describe(report)}")
         problems = verify.accuracy_problems(report)

@@ -23,6 +23,7 @@ from typing import Iterator
 
 import torch
 
+from dcx.core.progress import Progress
 from dcx.train.card import ModelCard
 from dcx.train.data import ImageDataset, Sample, collate_skipping, read_samples
 from dcx.train.errors import DcxError
@@ -105,11 +106,13 @@ def evaluation_samples(card: ModelCard, eval_data: Path | None) -> tuple[list[Sa
 
 @dataclass
 class Batches:
-    """Preprocessed batches of ``samples``; after iteration, ``used`` and ``skipped`` say which."""
+    """Preprocessed batches of ``samples``; after iteration, ``used`` and ``skipped`` say which.
+    With a ``progress`` label, a progress line counts the images on stderr as they are consumed."""
 
     samples: list[Sample]
     card: ModelCard
     batch_size: int = BATCH_SIZE
+    progress: str | None = None
     used: list[Sample] = field(default_factory=list)
     skipped: list[tuple[Sample, str]] = field(default_factory=list)
 
@@ -120,6 +123,7 @@ class Batches:
         dataset = ImageDataset(self.samples, classes, self.card.preprocess())
         loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
                                              collate_fn=collate_skipping)
+        line = Progress(self.progress, total=len(dataset), unit="images") if self.progress else None
         for start, (images, _targets, bad) in zip(range(0, len(dataset), self.batch_size), loader):
             bad_index = {b.index for b in bad}
             for b in bad:
@@ -129,3 +133,7 @@ class Batches:
             self.used += kept
             if kept:
                 yield images, kept
+            if line:
+                line.update(min(start + self.batch_size, len(dataset)))
+        if line:
+            line.close()

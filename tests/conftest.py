@@ -5,12 +5,17 @@ The synthetic archive and the model are made once per test session through the r
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# Progress lines would interleave with the command output the tests read; tests/test_progress.py
+# switches them on where they are the subject.
+os.environ["DCX_PROGRESS_SECONDS"] = "0"
 
 
 def invoke(command, args, expect_exit: int | None = 0):

@@ -19,11 +19,9 @@ Design choices, recorded in the card's ``training`` dict:
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -33,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
+
+from dcx.core.progress import Progress
 
 from . import metrics
 from .card import ModelCard, load_checkpoint, save_checkpoint
@@ -90,7 +90,7 @@ def train(config: TrainConfig, *, resume: bool = False, force: bool = False) -> 
 
 
 class RunLog:
-    """One line to train.log and to stderr (unless a progress bar owns the terminal)."""
+    """One line to train.log and to stderr."""
 
     def __init__(self, path: Path):
         self.file = open(path, "a", encoding="utf-8")
@@ -293,13 +293,9 @@ class Run:
         if self.config.freeze_backbone:
             self.model.features.eval()  # frozen layers keep their BatchNorm statistics too
         self.sampler.set_epoch(self.epoch, skip=self.batches_done * self.config.batch_size)
-        progress = contextlib.nullcontext(self.train_loader)
-        if sys.stderr.isatty():
-            progress = click.progressbar(self.train_loader, file=sys.stderr,
-                                         label=f"epoch {self.epoch + 1}/{self.config.epochs}",
-                                         item_show_func=lambda _: f"loss {self.loss_sum / max(self.loss_count, 1):.4f}")
-        with progress as batches:
-            for images, targets, unreadable in batches:
+        label = f"dcx-train epoch {self.epoch + 1}/{self.config.epochs}"
+        with Progress(label, total=len(self.train_loader) + self.batches_done, unit="batches") as progress:
+            for images, targets, unreadable in self.train_loader:
                 self._report_unreadable(self.train_loader.dataset, unreadable)
                 if len(targets):
                     loss = train_step(self.model, images.to(self.device, non_blocking=True),
@@ -309,6 +305,7 @@ class Run:
                     self.loss_count += len(targets)
                 self.scheduler.step()
                 self.batches_done += 1
+                progress.update(self.batches_done, f"loss {self.loss_sum / max(self.loss_count, 1):.4f}")
         return self.loss_sum / max(self.loss_count, 1)
 
     def _validate_and_save(self, train_loss: float, seconds: float) -> None:
