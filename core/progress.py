@@ -77,7 +77,7 @@ class Progress:
             text += f"/{self.total:,} {self.unit} ({100 * self.done / self.total:.1f}%)"
         else:
             text += f" {self.unit}"
-        text += f"  {self.done / elapsed:.1f} {self.unit}/s"
+        text += f"  {rate(self.done / elapsed, self.unit)}"
         if self.total and self.done:
             text += f"  ETA {clock(max(0.0, (self.total - self.done) * elapsed / self.done))}"
         else:
@@ -97,6 +97,13 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def rate(per_second: float, unit: str) -> str:
+    """``95.3 files/s``; slow work (a CPU training epoch) per minute, so it never reads 0.0."""
+    if per_second >= 1 or per_second == 0:
+        return f"{per_second:.1f} {unit}/s"
+    return f"{60 * per_second:.1f} {unit}/min"
 
 
 def clock(seconds: float) -> str:

@@ -10,13 +10,13 @@ from dcx.train.errors import DcxError
 from dcx.train.models import create_model, list_models
 
 
-def test_registry_lists_the_four_paper_architectures():
-    assert list_models() == ["densenet121", "resnet18", "resnet50", "squeezenet1_1"]
+def test_registry_lists_both_papers_architectures():
+    assert list_models() == ["densenet121", "mobilenet_v2", "resnet18", "resnet50", "squeezenet1_1", "vgg19"]
     with pytest.raises(DcxError, match="unknown architecture 'vgg16'; choose from densenet121"):
         create_model("vgg16", 3)
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "squeezenet1_1"])
+@pytest.mark.parametrize("arch", ["resnet18", "squeezenet1_1", "mobilenet_v2", "vgg19"])
 def test_logits_are_the_mean_of_the_class_maps_and_cam_is_one_of_them(arch):
     model = create_model(arch, 3).eval()
     x = torch.rand(2, 1, 64, 64)
@@ -46,6 +46,19 @@ def test_local_torchvision_weights_file_is_loaded(tmp_path):
     torch.save(reference.state_dict(), path)
     model = create_model("resnet18", 3, weights=str(path))
     torch.testing.assert_close(model.features[0].weight, reference.conv1.weight)
+
+
+@pytest.mark.parametrize("arch, first_conv", [("mobilenet_v2", lambda f: f[0][0]),
+                                               ("vgg19", lambda f: f[0])])
+def test_transfer_learning_keeps_the_trunk_and_drops_the_imagenet_classifier(arch, first_conv, tmp_path):
+    reference = getattr(torchvision.models, arch)(weights=None)
+    path = tmp_path / f"{arch}-imagenet.pth"
+    torch.save(reference.state_dict(), path)
+    model = create_model(arch, 3, weights=str(path))
+    torch.testing.assert_close(first_conv(model.features).weight, first_conv(reference.features).weight)
+    trunk = sum(p.numel() for p in reference.features.parameters())
+    head = model.head.weight.numel() + model.head.bias.numel()
+    assert sum(p.numel() for p in model.parameters()) == trunk + head
 
 
 def test_wrong_or_missing_local_weights_are_named(tmp_path):

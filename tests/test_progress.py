@@ -5,7 +5,7 @@ import time
 import pytest
 
 from conftest import invoke
-from dcx.core.progress import Progress
+from dcx.core.progress import Progress, rate
 
 
 class Terminal(io.StringIO):
@@ -75,3 +75,8 @@ def test_long_commands_log_progress_when_stderr_is_a_file(command, monkeypatch, 
     lines = [line for line in result.output.splitlines() if line.startswith(prefix)]
     assert len(lines) >= 2, result.output
     assert "/s" in lines[-1] and "\r" not in result.output
+
+
+def test_slow_rates_are_per_minute():
+    assert rate(95.34, "files") == "95.3 files/s"
+    assert rate(0.005, "batches") == "0.3 batches/min"

@@ -129,10 +129,7 @@ def split_samples(samples: list[Sample], *, val_fraction: float = 0.15, test_fra
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise DcxError(f"validation ({val_fraction}) and test ({test_fraction}) fractions must be in [0, 1) and sum below 1")
-    groups: dict[str, list[Sample]] = defaultdict(list)
-    for s in samples:
-        groups[s.patient_id if s.patient_id is not None else f"\0{s.path}"].append(s)
-
+    groups = _patient_groups(samples)
     assigned: dict[str, str] = {}
     strata: dict[str, list[str]] = defaultdict(list)
     for key, members in groups.items():
@@ -142,14 +139,11 @@ def split_samples(samples: list[Sample], *, val_fraction: float = 0.15, test_fra
         if given:
             assigned[key] = given.pop()
         else:
-            labels = Counter(s.label for s in members)
-            strata[min(labels, key=lambda label: (-labels[label], label))].append(key)
+            strata[_majority_label(members)].append(key)
 
     fractions = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
     for label in sorted(strata):
-        keys = sorted(strata[label])
-        random.Random(f"{seed}:{label}").shuffle(keys)
-        keys.sort(key=lambda k: -len(groups[k]))  # stable: shuffled order within equal sizes
+        keys = _dealing_order(strata[label], groups, f"{seed}:{label}")
         total = sum(len(groups[k]) for k in keys)
         filled = dict.fromkeys(SPLITS, 0)
         for key in keys:
@@ -161,6 +155,49 @@ def split_samples(samples: list[Sample], *, val_fraction: float = 0.15, test_fra
     for key, members in groups.items():
         out[assigned[key]] += [replace(s, split=assigned[key]) for s in members]
     return {split: sorted(members, key=lambda s: str(s.path)) for split, members in out.items()}
+
+
+def assign_folds(samples: list[Sample], k: int, *, seed: int = 0) -> list[list[Sample]]:
+    """``k`` stratified, patient-grouped folds for cross-validation, dealt like the splits:
+    per label stratum, largest group first, to the fold with the fewest images of that label
+    (ties: the fewest images overall)."""
+    if k < 2:
+        raise DcxError(f"--folds needs at least 2 folds, got {k}")
+    groups = _patient_groups(samples)
+    if len(groups) < k:
+        raise DcxError(f"{k} folds need at least {k} patients (or images without patient ids); there are {len(groups)}")
+    strata: dict[str, list[str]] = defaultdict(list)
+    for key, members in groups.items():
+        strata[_majority_label(members)].append(key)
+    folds: list[list[Sample]] = [[] for _ in range(k)]
+    for label in sorted(strata):
+        in_stratum = [0] * k
+        for key in _dealing_order(strata[label], groups, f"{seed}:{label}"):
+            fold = min(range(k), key=lambda f: (in_stratum[f], len(folds[f]), f))
+            in_stratum[fold] += len(groups[key])
+            folds[fold] += groups[key]
+    return [sorted(fold, key=lambda s: str(s.path)) for fold in folds]
+
+
+def _patient_groups(samples: list[Sample]) -> dict[str, list[Sample]]:
+    """A patient (or, without an id, each image) is one indivisible group."""
+    groups: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        groups[s.patient_id if s.patient_id is not None else f"\0{s.path}"].append(s)
+    return groups
+
+
+def _majority_label(members: list[Sample]) -> str:
+    labels = Counter(s.label for s in members)
+    return min(labels, key=lambda label: (-labels[label], label))
+
+
+def _dealing_order(keys: list[str], groups: dict[str, list[Sample]], seed: str) -> list[str]:
+    """Largest groups first, in a seeded shuffle within equal sizes."""
+    keys = sorted(keys)
+    random.Random(seed).shuffle(keys)
+    keys.sort(key=lambda k: -len(groups[k]))  # stable: shuffled order within equal sizes
+    return keys
 
 
 def write_manifest(samples: list[Sample], path: str | os.PathLike) -> Path:

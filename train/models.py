@@ -1,4 +1,5 @@
-"""Model registry: the paper's four backbones, each as a :class:`DcxNet`.
+"""Model registry: Deep-COVID's four backbones and Apostolopoulos & Mpesiana's two best
+(MobileNet v2, VGG19), each as a :class:`DcxNet`.
 
 Every architecture is split into ``features`` (last convolutional map) and a ``head`` that
 turns features into per-class *maps*; logits are the spatial mean of those maps. That one
@@ -7,6 +8,8 @@ same forward pass, in PyTorch and in every exported graph:
 
 - ResNet / DenseNet: global average pooling + linear == mean of a 1x1 convolution's maps.
 - SqueezeNet: its own 1x1 conv classifier + ReLU, averaged -- its native form.
+- MobileNet v2, VGG19: the convolutional trunk is kept with its ImageNet weights and the
+  ImageNet classifier (dense layers) is replaced, as in transfer learning, by the 1x1 head.
 """
 from __future__ import annotations
 
@@ -64,6 +67,9 @@ register_model(ArchSpec("squeezenet1_1", tv.squeezenet1_1, tv.SqueezeNet1_1_Weig
                         lambda m: m.features))
 register_model(ArchSpec("densenet121", tv.densenet121, tv.DenseNet121_Weights.IMAGENET1K_V1, 1024,
                         lambda m: _DenseNetFeatures(*m.features)))
+register_model(ArchSpec("mobilenet_v2", tv.mobilenet_v2, tv.MobileNet_V2_Weights.IMAGENET1K_V1, 1280,
+                        lambda m: m.features))
+register_model(ArchSpec("vgg19", tv.vgg19, tv.VGG19_Weights.IMAGENET1K_V1, 512, lambda m: m.features))
 
 
 class DcxNet(nn.Module):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from . import folds as folds_mod
 from .card import load_checkpoint
 from .errors import DcxError
 from .models import list_models
@@ -42,8 +43,12 @@ _DEFAULTS = TrainConfig(data="", out="")
               help="auto picks CUDA when present (with bf16/fp16 mixed precision); CPU works, slowly.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt with its saved settings "
                                              "(only --workers and --device are taken from this command).")
+@click.option("--folds", type=click.IntRange(min=2), default=None,
+              help="K-fold cross-validation: K runs, each holding one stratified, patient-grouped fold out "
+                   "as its test set; OUT/folds.json has the mean and spread of AUC, sensitivity and "
+                   "specificity, OUT/best.pt the fold with the best validation AUC.")
 @click.option("--force", is_flag=True, help="Start over in an --out that already holds a run.")
-def main(data, out, resume, force, **options):
+def main(data, out, resume, force, folds, **options):
     """Train a classifier and choose its screening threshold.
 
     \b
@@ -52,6 +57,7 @@ def main(data, out, resume, force, **options):
       dcx-train --data /tmp/s --arch resnet18 --img-size 128 --epochs 3 --weights none --out /tmp/r
       dcx-train --data archive/manifest.csv --arch densenet121 --epochs 20 --out runs/dn121
       dcx-train --out runs/dn121 --resume          # after Ctrl-C or a crash
+      dcx-train --data archive --arch mobilenet_v2 --folds 10 --out runs/mnv2-cv   # cross-validation
 
     \b
     Splits are stratified by label, grouped by patient_id when the manifest has one, and saved
@@ -68,6 +74,10 @@ def main(data, out, resume, force, **options):
         raise DcxError("--data is required (or --resume to continue the run in --out)")
     config = TrainConfig(data=data or "", out=out, **options)
     try:
+        if folds or (resume and folds_mod.is_folds_run(out)):
+            summary = folds_mod.train_folds(config, folds, resume=resume, force=force)
+            click.echo(f"{out}/{folds_mod.SUMMARY}: {folds_mod.describe(summary)}")
+            return
         best = train(config, resume=resume, force=force)
     except TrainingInterrupted:  # the trainer has said where the state is and how to resume
         raise SystemExit(130) from None
