@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from dcx.train.errors import DcxError
+from dcx.train.models import model_cost
 
 from .measure import summarise
 
@@ -74,8 +75,10 @@ def bench_model_file(path: str | os.PathLike, batch_sizes: list[int], *, size: i
 
     with open_backend(path) as backend:
         rows = bench_backend(backend, batch_sizes, size=size, warmup=warmup, repeat=repeat)
+        cost = model_cost(backend.card.arch, backend.card.input_size, len(backend.card.classes))
         return {"engine": os.fspath(path), "backend": backend.name, "precision": backend.precision,
                 "arch": backend.card.arch, "input_size": backend.card.input_size,
+                "params": cost["params"], "gflops": cost["gflops"],
                 "device": str(backend.device), "warmup": warmup, "repeat": repeat, "results": rows}
 
 

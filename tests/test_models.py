@@ -101,3 +101,16 @@ def test_corrupt_foreign_and_missing_checkpoints_give_one_line_errors(tmp_path):
 def test_card_refuses_a_positive_class_it_does_not_have():
     with pytest.raises(DcxError, match="positive class 'covid' is not one of"):
         ModelCard(arch="resnet18", classes=["normal", "pneumonia"], positive="covid")
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2", "densenet121", "vgg19"])
+def test_model_cost_agrees_with_torchvision_published_operations(arch):
+    """torchvision's weights metadata states GFLOPS as multiply-adds of the ImageNet model; ours
+    replaces the ImageNet classifier by a 3-class 1x1 head, a fraction of a percent of the cost."""
+    from dcx.train.models import _REGISTRY, model_cost
+
+    cost = model_cost(arch, 224)
+    published = _REGISTRY[arch].weights_enum.meta["_ops"]
+    assert cost["gflops"] / 2 == pytest.approx(published, rel=0.02)
+    model = create_model(arch, 3)
+    assert cost["params"] == sum(p.numel() for p in model.parameters())

@@ -126,6 +126,19 @@ def create_model(arch: str, num_classes: int, *, weights: str = "none") -> DcxNe
     return DcxNet(arch, spec.features(backbone), spec.feature_channels, num_classes)
 
 
+def model_cost(arch: str, size: int = 224, num_classes: int = 3) -> dict:
+    """Parameters and GFLOPs (multiply-adds x 2, one image) of ``arch`` at ``size`` px, counted by
+    torch's FLOP counter on the real graph, so the README's cost table is rerunnable."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = create_model(arch, num_classes).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 1, size, size))
+    return {"arch": arch, "input_size": size, "params": sum(p.numel() for p in model.parameters()),
+            "gflops": counter.get_total_flops() / 1e9}
+
+
 def _download_imagenet(spec: ArchSpec) -> dict:
     try:
         return spec.weights_enum.get_state_dict(progress=False, check_hash=True)
