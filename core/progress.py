@@ -60,8 +60,10 @@ class Progress:
             self._last_write, self._last_tenth = now, max(tenth, self._last_tenth)
             self._write(self.line(detail, now))
 
-    def close(self, detail: str = "") -> None:
+    def close(self, detail: str = "", *, done: int | None = None) -> None:
         """The last figures: redrawn on a terminal, one final line in a log."""
+        if done is not None:
+            self.done = done
         if self.interval is None:
             return
         if self.terminal or self.done:

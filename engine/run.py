@@ -421,4 +421,4 @@ class _Progress:
         self.line.update(self.stats.files, self._detail())
 
     def close(self) -> None:
-        self.line.close(self._detail())
+        self.line.close(self._detail(), done=self.stats.files)

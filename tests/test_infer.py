@@ -288,12 +288,13 @@ def test_progress_line_shows_rate_and_eta(archive, monkeypatch):
 
     stderr = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stderr)
+    monkeypatch.setenv("DCX_PROGRESS_SECONDS", "3600")
     stats = run.Stats()
     progress = run._Progress(run.ScreenOptions(engine=Path("m.pt"), out=Path("r.csv"), root=archive), stats)
     deadline = time.monotonic() + 30
-    while progress.total is None and time.monotonic() < deadline:  # the counting pass runs in a thread
+    while progress.line.total is None and time.monotonic() < deadline:  # the counting pass runs in a thread
         time.sleep(0.01)
     stats.files, stats.inferred = 5, 4
-    progress.update(force=True)
+    progress.close()
     line = stderr.getvalue()
     assert f"5/{len(expected_files(archive))} files" in line and "img/s" in line and "ETA 0:" in line
