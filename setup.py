@@ -6,6 +6,7 @@ name such as ``train`` in site-packages.
 from setuptools import setup
 
 PACKAGES = {
+    "dcx.core": "core",
     "dcx.train": "train",
     "dcx.export": "export",
     "dcx.engine": "engine",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from dcx.train.errors import DcxError
+from dcx.core.errors import DcxError, Group
 
 from . import report as rep
 
@@ -30,7 +30,7 @@ def _batch_sizes(ctx, param, value: str) -> list[int]:
     return sizes
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(cls=Group, context_settings=CONTEXT)
 def main():
     """Measure dcx: end-to-end throughput against the peer baseline, model-only throughput,
     and accuracy parity of an engine with its PyTorch reference.

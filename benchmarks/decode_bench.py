@@ -17,7 +17,7 @@ import os
 import time
 
 from dcx.engine.backends import read_engine_card
-from dcx.train.errors import DcxError
+from dcx.core.errors import DcxError
 
 
 def bench_decoding(files: list[str], engine: str | os.PathLike, *, batch_size: int, threads: int,

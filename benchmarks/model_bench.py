@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from dcx.train.errors import DcxError
+from dcx.core.errors import DcxError
 
 from .measure import summarise
 

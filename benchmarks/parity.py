@@ -4,7 +4,7 @@ The claim users rely on is "what dcx-eval measured for this checkpoint is what d
 delivers". So the two sides are the two real paths, end to end:
 
 - **reference**: the checkpoint in PyTorch eager FP32 through the evaluation path of
-  training (the reference reader :func:`dcx.train.preprocess.read_unit_gray`, the
+  training (the reference reader :func:`dcx.core.reader.read_unit_gray`, the
   preprocessing contract, :func:`dcx.train.trainer.predict`);
 - **engine**: ``dcx-infer --engine E`` itself over the same files (DALI decoding, the backend
   at its precision), read back from its result table.
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dcx.train import metrics
-from dcx.train.errors import DcxError
+from dcx.core import metrics
+from dcx.core.errors import DcxError
 
 from .engine_runs import read_results, run_infer
 from .peer_baseline import load_reference

@@ -24,10 +24,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
-from dcx.train.card import ModelCard, load_checkpoint
-from dcx.train.files import usable_cores
-from dcx.train.models import create_model
-from dcx.train.preprocess import letterbox_geometry
+from dcx.core.card import ModelCard, load_checkpoint
+from dcx.core.files import usable_cores
+from dcx.core.models import create_model
+from dcx.core.preprocess import letterbox_geometry
 
 #: Deep-COVID's batch size.
 PEER_BATCH_SIZE = 20

@@ -26,7 +26,7 @@ import json
 import os
 from pathlib import Path
 
-from dcx.train.errors import DcxError
+from dcx.core.errors import DcxError
 
 from . import report as rep
 from .decode_bench import bench_decoding, cpu_ceiling

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from dcx.train.errors import DcxError
-from dcx.train.files import usable_cores
+from dcx.core.errors import Command, DcxError
+from dcx.core.files import usable_cores
 
 from .ray_runner import RAY_HELP, parse_address, screen_on_ray  # Ray itself loads only when --ray runs
 from .results import FORMATS
@@ -22,7 +22,7 @@ def _default_decode_threads() -> int:
     return min(8, usable_cores())
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("archive", required=False, type=click.Path(path_type=Path))
 @click.option("--engine", "engine", required=True, type=click.Path(path_type=Path),
               help="Model file: .plan/.engine (TensorRT), .onnx (ONNX Runtime) or .pt (dcx-train checkpoint).")

@@ -3,18 +3,18 @@
 Every byte is hostile, so Python looks at each file before any decoder does:
 
 1. **Read**: not a regular file, empty, above :data:`MAX_FILE_BYTES`, unreadable -> ``error``.
-2. **Sniff** the magic bytes (:func:`dcx.engine.formats.sniff_bytes`); unknown -> ``error``.
-3. **DICOM** (:mod:`dcx.engine.dicom`): header rules first (non-images and series rules ->
+2. **Sniff** the magic bytes (:func:`dcx.core.formats.sniff_bytes`); unknown -> ``error``.
+3. **DICOM** (:mod:`dcx.core.dicom`): header rules first (non-images and series rules ->
    ``skipped``; absurd sizes -> ``error``, before any pixel is touched). Frame 1 of JPEG baseline
    and JPEG 2000 objects (and lossless JPEG on a GPU) goes to DALI's decoder as compressed bytes;
    other syntaxes (uncompressed, JPEG-LS, RLE, 12-bit lossy) are decoded by pydicom and its
    plugins and handed to DALI as arrays; either way DALI applies the header's
-   :class:`~dcx.engine.dicom.PixelTransform` and resizes. Colour, LUT tables, sigmoid windows
+   :class:`~dcx.core.dicom.PixelTransform` and resizes. Colour, LUT tables, sigmoid windows
    and signed data take the reference path (numpy).
 4. **Rasters**: nvImageCodec -- the parser DALI decodes with -- reads the header: above
    ``MAX_PIXELS`` -> ``error``; 8-bit gray, 8-bit colour and 16-bit gray go to DALI; the rest
    (CMYK, 16-bit colour, 1-bit, 12-bit JPEG, unparseable headers, files without their end
-   marker) go to the core reference reader, :func:`dcx.train.preprocess.read_unit_gray`.
+   marker) go to the core reference reader, :func:`dcx.core.reader.read_unit_gray`.
 
 DALI decodes batches (:mod:`dcx.engine.dali_pipeline`). One bad file fails its whole batch
 and kills the pipeline (GUIDE 2), so a failed batch is rebuilt and split in halves until the
@@ -41,10 +41,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from dcx.train.errors import DcxError
-from dcx.train.preprocess import MAX_PIXELS, Preprocess, read_unit_gray
+from dcx.core.errors import DcxError
+from dcx.core.preprocess import MAX_PIXELS, Preprocess
+from dcx.core.reader import read_unit_gray
 
-from . import dicom, formats
+from dcx.core import dicom, formats
 from .dali_pipeline import CLOCK_STAGES, KINDS, BatchFailed, Sample, LetterboxPipeline
 from .stage_clock import StageClock
 
@@ -67,7 +68,7 @@ _CODEC_OF_SYNTAX = {"1.2.840.10008.1.2.4.90": "jpeg2k", "1.2.840.10008.1.2.4.91"
 @dataclass
 class Outcome:
     """What became of one input file. ``meta``: ``width``/``height``, ``decoded_by`` (``dali`` or
-    ``reference``: Pillow / pydicom) and, for DICOM, the tags of :data:`dcx.engine.dicom.META_TAGS`
+    ``reference``: Pillow / pydicom) and, for DICOM, the tags of :data:`dcx.core.dicom.META_TAGS`
     plus ``transfer_syntax`` and ``frames``."""
 
     status: str = "ok"  # ok | error | skipped

@@ -44,8 +44,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterable, Iterator
 
-from dcx.train.errors import DcxError
-from dcx.train.files import write_json
+from dcx.core.errors import DcxError
+from dcx.core.files import write_json
 
 from . import run
 from .discover import Candidate

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from dcx.train.files import write_json
+from dcx.core.files import write_json
 
 from .discover import Candidate, discover
 from .results import RowSchema, display_path, format_for, open_writer
@@ -218,7 +218,7 @@ def chunks(candidates: Iterable[Candidate], state: StateDB | None, batch_size: i
 
 def open_decoder(card, backend, options: ScreenOptions):
     from .decode import Decoder
-    from .dicom import SeriesRules
+    from dcx.core.dicom import SeriesRules
 
     return Decoder(card.preprocess(), device="gpu" if backend.device.type == "cuda" else "cpu",
                    batch_size=options.batch_size, num_threads=options.decode_threads,
@@ -358,7 +358,7 @@ def count_rows(rows: list[dict], chunk: Chunk, stats: Stats) -> None:
 
 
 def run_summary(options: ScreenOptions, backend, card, stats: Stats, completed: bool) -> dict:
-    from dcx.train.card import dcx_version  # imports torch: not needed for dcx-infer --help
+    from dcx.core.card import dcx_version  # imports torch: not needed for dcx-infer --help
 
     wall = stats.elapsed
     busy = wall - stats.setup_s  # images/s leaves out the fixed cost of model load and pipeline builds

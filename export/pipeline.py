@@ -17,14 +17,14 @@ from typing import Callable
 
 import torch
 
-from dcx.train.card import ModelCard, load_checkpoint
-from dcx.train.errors import DcxError
-from dcx.train.models import DcxNet, create_model
+from dcx.core.card import ModelCard, load_checkpoint
+from dcx.core.errors import DcxError
+from dcx.core.models import DcxNet, create_model
 
 from . import precision as precision_mod
 from . import samples as samples_mod
 from . import verify
-from .artefact import PRECISIONS, read_card, read_precision, sha256_file, sidecar_path, update_sidecar
+from dcx.core.artefact import PRECISIONS, read_card, read_precision, sha256_file, sidecar_path, update_sidecar
 from .onnx_export import export_onnx, save_onnx_artefact
 from .tensorrt_build import EXIT_PLAN_NOT_BUILT, build_plan, tensorrt_unavailable_reason
 

@@ -39,9 +39,9 @@ from typing import Iterable
 
 import numpy as np
 
-from dcx.train.errors import DcxError
+from dcx.core.errors import DcxError
 
-from .artefact import INPUT_NAME
+from dcx.core.artefact import INPUT_NAME
 
 #: name -> (onnxruntime CalibrationMethod, quantize_static extra options)
 CALIBRATION_METHODS = {

@@ -20,10 +20,10 @@ import os
 import time
 from pathlib import Path
 
-from dcx.train.errors import DcxError
-from dcx.train.files import atomic_path, write_json
+from dcx.core.errors import DcxError
+from dcx.core.files import atomic_path, write_json
 
-from .artefact import INPUT_NAME, read_sidecar, sha256_file, sidecar_path
+from dcx.core.artefact import INPUT_NAME, read_sidecar, sha256_file, sidecar_path
 
 #: Exit status of dcx-export when the ONNX artefacts were written but the plan could not be built.
 EXIT_PLAN_NOT_BUILT = 3

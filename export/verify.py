@@ -20,10 +20,10 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from dcx.train import metrics
-from dcx.train.card import ModelCard
-from dcx.train.errors import DcxError
-from dcx.train.models import DcxNet
+from dcx.core import metrics
+from dcx.core.card import ModelCard
+from dcx.core.errors import DcxError
+from dcx.core.models import DcxNet
 
 FP32_PROB_TOLERANCE = 1e-4
 ACCURACY_TOLERANCE = 0.01

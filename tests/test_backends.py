@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from dcx.engine.backends import open_backend
-from dcx.export.artefact import sidecar_path
+from dcx.core.artefact import sidecar_path
 from dcx.export.onnx_export import export_onnx, save_onnx_artefact
-from dcx.train.card import ModelCard, save_checkpoint
-from dcx.train.errors import DcxError
-from dcx.train.models import create_model
+from dcx.core.card import ModelCard, save_checkpoint
+from dcx.core.errors import DcxError
+from dcx.core.models import create_model
 
 SIZE = 64
 #: Largest |delta p| allowed against the PyTorch model: the issue's 1e-4 for ONNX Runtime FP32;
@@ -153,7 +153,7 @@ def test_onnxruntime_honours_threads(model_files):
 
 def test_onnxruntime_matches_pytorch_on_real_radiographs(shared_data, model_files):
     """The issue's parity check on real files (mixed PNG/JPEG, gray/RGB), preprocessed once."""
-    from dcx.train.preprocess import read_unit_gray
+    from dcx.core.reader import read_unit_gray
 
     card, _, files = model_files
     paths = [sorted((shared_data / "cxr-dev" / label).iterdir())[:3] for label in ("covid", "normal", "other_pneumonia")]
@@ -185,7 +185,7 @@ def test_grad_cam_is_the_cam_less_the_class_bias(model_files, images):
 def _one_line_error(path, **kwargs) -> str:
     with pytest.raises(DcxError) as info:
         open_backend(path, **kwargs)
-    message = info.value.format_message()
+    message = str(info.value)
     assert "\n" not in message
     return message
 

@@ -17,7 +17,7 @@ from dcx.benchmarks.cli import main
 from dcx.benchmarks.decode_bench import cpu_ceiling
 from dcx.benchmarks.engine_runs import resolve_reference, run_infer
 from dcx.benchmarks.measure import python_child, run_child, summarise
-from dcx.train.errors import DcxError
+from dcx.core.errors import DcxError
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +34,8 @@ def fp32_onnx(trained_checkpoint, tmp_path_factory):
 def other_model(trained_checkpoint, tmp_path_factory):
     """Same architecture, classes and input size, other (untrained) weights: not the reference."""
     from dcx.export.onnx_export import export_onnx
-    from dcx.train.card import load_checkpoint
-    from dcx.train.models import create_model
+    from dcx.core.card import load_checkpoint
+    from dcx.core.models import create_model
 
     card, _, _ = load_checkpoint(trained_checkpoint)
     torch.manual_seed(123)

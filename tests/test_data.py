@@ -13,8 +13,9 @@ from PIL import Image
 
 from dcx.train.data import (EpochSampler, ImageDataset, Sample, Unreadable, check_trainable, collate_skipping, data_fingerprint,
                             read_samples, split_samples, write_manifest)
-from dcx.train.errors import DcxError
-from dcx.train.preprocess import Preprocess, read_unit_gray
+from dcx.core.errors import DcxError
+from dcx.core.preprocess import Preprocess
+from dcx.core.reader import read_unit_gray
 from dcx.train.presets import EvalPreset, TrainPreset
 
 

@@ -20,9 +20,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dcx.engine import dicom
+from dcx.core import dicom
 from dcx.engine.decode import Decoder
-from dcx.train.preprocess import MAX_PIXELS, Preprocess, read_unit_gray
+from dcx.core.preprocess import MAX_PIXELS, Preprocess
+from dcx.core.reader import read_unit_gray
 from dcx.train.synth import DICOM_VARIANTS, make_phantom, write_dicom
 
 MAX_ABS, MEAN_ABS = 1e-4, 1e-5
@@ -369,7 +370,7 @@ def test_pad_value_of_the_card_is_kept(rasters):
 
 
 def test_bad_options_are_user_errors():
-    from dcx.train.errors import DcxError
+    from dcx.core.errors import DcxError
 
     with pytest.raises(DcxError, match="'cpu' or 'gpu'"):
         Decoder(Preprocess(SIZE), device="tpu")

@@ -1,4 +1,4 @@
-"""DICOM rules (dcx.engine.dicom): real files, golden values, every transfer syntax, the pixel
+"""DICOM rules (dcx.core.dicom): real files, golden values, every transfer syntax, the pixel
 rules one by one, non-image objects, series rules, PHI and hostile headers."""
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from dcx.engine import dicom
-from dcx.train.errors import DcxError
-from dcx.train.preprocess import MAX_PIXELS, read_unit_gray
+from dcx.core import dicom
+from dcx.core.errors import DcxError
+from dcx.core.preprocess import MAX_PIXELS
+from dcx.core.reader import read_unit_gray
 from dcx.train.synth import DICOM_VARIANTS, make_phantom, write_dicom
 
 

@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 
 from conftest import invoke
-from dcx.train import metrics
-from dcx.train.card import ModelCard
-from dcx.train.errors import DcxError
+from dcx.core import metrics
+from dcx.core.card import ModelCard
+from dcx.core.errors import DcxError
 from dcx.train.evaluate import summarize, sweep_markdown
-from dcx.train.files import write_json
+from dcx.core.files import write_json
 from dcx.train.plots import plot_confusion, plot_pr, plot_roc
 
 CLASSES = ["covid", "normal", "pneumonia"]
@@ -153,9 +153,9 @@ def test_eval_probabilities_equal_the_model_on_the_contract(test_eval, trained_c
     """Inference path check: same numbers as create_model + load_state_dict + the preprocessing contract."""
     import torch
 
-    from dcx.train.card import load_checkpoint
-    from dcx.train.models import create_model
-    from dcx.train.preprocess import read_unit_gray
+    from dcx.core.card import load_checkpoint
+    from dcx.core.models import create_model
+    from dcx.core.reader import read_unit_gray
 
     out, _ = test_eval
     card, state, _ = load_checkpoint(trained_checkpoint)

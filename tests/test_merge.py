@@ -7,7 +7,7 @@ from conftest import invoke
 from dcx.engine.merge import find_parts, main, merge_parts, row_key
 from dcx.engine.results import RowSchema, open_writer, partial_path, read_rows
 from dcx.engine.shard import Shard
-from dcx.train.errors import DcxError
+from dcx.core.errors import DcxError
 
 SCHEMA = RowSchema(("covid", "normal"), "covid", 0.5, "model0000001")
 PATHS = ["a-c.png", "a/b.png", "a/z/1.png", "b.png", "b/0.dcm", "broken.png", "c/d/e.jpg", "zz.png"]

@@ -4,7 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
-from dcx.train import metrics
+from dcx.core import metrics
 
 
 def _brute_auc(y, p):

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torchvision
 
-from dcx.train.card import ModelCard, load_checkpoint, save_checkpoint
-from dcx.train.errors import DcxError
-from dcx.train.models import create_model, list_models
+from dcx.core.card import ModelCard, load_checkpoint, save_checkpoint
+from dcx.core.errors import DcxError
+from dcx.core.models import create_model, list_models
 
 
 def test_registry_lists_the_four_paper_architectures():

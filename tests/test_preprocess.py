@@ -4,8 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dcx.train.errors import DcxError
-from dcx.train.preprocess import Preprocess, letterbox, letterbox_geometry, read_unit_gray, to_unit_gray
+from dcx.core.errors import DcxError
+from dcx.core.preprocess import Preprocess, letterbox, letterbox_geometry, to_unit_gray
+from dcx.core.reader import read_unit_gray
 
 
 def test_letterbox_keeps_aspect_and_centres_a_non_square_film():

@@ -18,7 +18,7 @@ from conftest import invoke
 from dcx.engine.ray_runner import _ScoreFiles, _watch, parse_address
 from dcx.engine.results import read_rows
 from dcx.engine.run import ScreenOptions
-from dcx.train.errors import DcxError
+from dcx.core.errors import DcxError
 
 CORRUPT = {"broken/empty.png": b"", "broken/garbage.dcm": bytes(range(256)) * 4}
 

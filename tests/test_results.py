@@ -6,8 +6,8 @@ import json
 import pytest
 
 from dcx.engine.results import RowSchema, column_type, format_for, open_writer, partial_path, read_rows
-from dcx.train.errors import DcxError
-from dcx.train.files import write_json
+from dcx.core.errors import DcxError
+from dcx.core.files import write_json
 
 SCHEMA = RowSchema(("covid", "normal", "pneumonia"), "covid", 0.3, "abc123def456")
 

@@ -10,7 +10,7 @@ import click
 import pytest
 
 from dcx.engine.shard import SHARD, Shard, parse_shard, select, shard_from_name, shard_key, shard_of
-from dcx.train.errors import DcxError
+from dcx.core.errors import DcxError
 
 NAMES = [f"site{s}/study{i:03d}/image{j}.dcm" for s in range(3) for i in range(40) for j in range(2)]
 

@@ -9,7 +9,7 @@ import pytest
 
 from dcx.engine.discover import Candidate
 from dcx.engine.state import StateDB
-from dcx.train.errors import DcxError
+from dcx.core.errors import DcxError
 
 
 def row(status="ok", p=0.5):

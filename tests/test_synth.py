@@ -12,7 +12,7 @@ import pytest
 from pydicom.uid import UID
 
 from conftest import invoke
-from dcx.train.errors import DcxError
+from dcx.core.errors import DcxError
 from dcx.train.synth import ARCHIVE_DICOM_VARIANTS, DICOM_VARIANTS, make_phantom, write_archive, write_dicom
 from dcx.train.synth_cli import main
 
@@ -196,7 +196,7 @@ def test_cli_help_teaches_with_examples():
 @pytest.mark.parametrize("variant", DICOM_VARIANTS)
 def test_reference_reader_sees_the_phantom_in_each_dicom_variant(tmp_path, variant):
     """The preprocessing contract's reader undoes depth and MONOCHROME1: same unit gray as written."""
-    from dcx.train.preprocess import read_unit_gray
+    from dcx.core.reader import read_unit_gray
 
     image, _ = make_phantom("pneumonia", 64, seed=4)
     unit = read_unit_gray(write_dicom(tmp_path / "x.dcm", image, variant))

@@ -10,10 +10,10 @@ import torch
 
 from conftest import invoke
 from dcx.train import trainer
-from dcx.train.card import ModelCard, load_checkpoint, save_checkpoint
+from dcx.core.card import ModelCard, load_checkpoint, save_checkpoint
 from dcx.train.data import read_samples
-from dcx.train.metrics import operating_point
-from dcx.train.models import create_model, list_models
+from dcx.core.metrics import operating_point
+from dcx.core.models import create_model, list_models
 from dcx.train.train_cli import main
 from test_data import write_png
 
@@ -89,7 +89,7 @@ def test_cli_run_folder_card_and_threshold(trained_run):
     model.load_state_dict(state)
     model.eval()
     from dcx.train.presets import EvalPreset
-    from dcx.train.preprocess import read_unit_gray
+    from dcx.core.reader import read_unit_gray
 
     preset = EvalPreset(size=card.input_size)
     with torch.no_grad():

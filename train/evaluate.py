@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics
-from .card import ModelCard
-from .errors import DcxError
+from dcx.core import metrics
+from dcx.core.card import ModelCard
+from dcx.core.errors import DcxError
 
 #: The Deep-COVID paper's sweep; :func:`summarize` adds the card's own threshold.
 SWEEP_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -30,7 +30,7 @@ def summarize(y_true_labels, probs, card: ModelCard) -> dict:
     Returns a JSON-ready dict: the positive class's AUC, average precision and operating point at
     the card's threshold (with 95% Wilson CIs), the threshold sweep, the arg-max confusion matrix,
     per-class precision/recall/F1 and one-vs-rest AUCs. NaN (undefined, e.g. no positives) is
-    kept as float NaN here; :func:`dcx.train.files.write_json` writes it as ``null``.
+    kept as float NaN here; :func:`dcx.core.files.write_json` writes it as ``null``.
     """
     labels = [str(label) for label in y_true_labels]
     probs = np.asarray(probs, dtype=np.float64)
@@ -113,7 +113,7 @@ def predict_samples(card: ModelCard, state_dict: dict, samples: list, *, batch_s
     from torch.utils.data import DataLoader
 
     from .data import ImageDataset, collate_skipping
-    from .models import create_model
+    from dcx.core.models import create_model
     from .trainer import default_workers, predict
 
     model = create_model(card.arch, len(card.classes))

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import click
 
-from .card import load_checkpoint
-from .errors import DcxError
-from .models import list_models
+from dcx.core.card import load_checkpoint
+from dcx.core.errors import Command, DcxError
+from dcx.core.models import list_models
 from .trainer import TrainConfig, TrainingInterrupted, default_workers, train
 
 _DEFAULTS = TrainConfig(data="", out="")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--data", help="Class folders (DIR/<class>/<images>, or DIR/manifest.csv) or a CSV manifest "
                              "path,label[,split][,patient_id].")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder to create (or resume).")

@@ -34,13 +34,13 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from . import metrics
-from .card import ModelCard, load_checkpoint, save_checkpoint
+from dcx.core import metrics
+from dcx.core.card import ModelCard, load_checkpoint, save_checkpoint
 from .data import (SPLITS, EpochSampler, ImageDataset, Sample, check_trainable, class_counts, collate_skipping, data_fingerprint,
                    inverse_frequency_weights, read_samples, split_samples, write_manifest)
-from .errors import DcxError
-from .files import usable_cores, write_json
-from .models import create_model
+from dcx.core.errors import DcxError
+from dcx.core.files import usable_cores, write_json
+from dcx.core.models import create_model
 from .presets import EvalPreset, TrainPreset
 
 BEST, LAST, CARD, HISTORY, LOG, SPLITS_DIR = "best.pt", "last.pt", "card.json", "history.jsonl", "train.log", "splits"

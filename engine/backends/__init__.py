@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dcx.train.errors import DcxError
+from dcx.core.errors import DcxError
 
 from .base import DEVICES, Backend
 
@@ -58,13 +58,13 @@ def open_backend(path: str | os.PathLike, *, device: str = "auto", threads: int 
 
 
 def read_engine_card(path: str | os.PathLike):
-    """The :class:`~dcx.train.card.ModelCard` of a model file without loading the model (a
+    """The :class:`~dcx.core.card.ModelCard` of a model file without loading the model (a
     Ray driver or a benchmark may have no GPU for a plan): a checkpoint's own, else the
     export sidecar's or ONNX metadata's."""
     if Path(path).suffix.lower() == ".pt":
-        from dcx.train.card import load_checkpoint
+        from dcx.core.card import load_checkpoint
 
         return load_checkpoint(path)[0]
-    from dcx.export.artefact import read_card
+    from dcx.core.artefact import read_card
 
     return read_card(path)

@@ -2,8 +2,8 @@
 
 A backend is opened on a model file, serves ``infer`` calls, and is closed -- best as a
 context manager. Whatever runs underneath (TensorRT, ONNX Runtime, PyTorch), a call takes
-the preprocessed batch of :mod:`dcx.train.preprocess` and returns the outputs of
-:meth:`dcx.train.models.DcxNet.scores_and_cam`: softmax probabilities and the positive
+the preprocessed batch of :mod:`dcx.core.preprocess` and returns the outputs of
+:meth:`dcx.core.models.DcxNet.scores_and_cam`: softmax probabilities and the positive
 class's activation map, as float32 NumPy arrays. The engine never needs to know which
 backend it talks to.
 """
@@ -14,8 +14,8 @@ import abc
 import numpy as np
 import torch
 
-from dcx.train.card import ModelCard
-from dcx.train.errors import DcxError
+from dcx.core.card import ModelCard
+from dcx.core.errors import DcxError
 
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -18,9 +18,9 @@ import os
 import numpy as np
 import torch
 
-from dcx.export.artefact import INPUT_NAME, OUTPUT_NAMES, read_card, read_precision
-from dcx.train.errors import DcxError
-from dcx.train.files import usable_cores
+from dcx.core.artefact import INPUT_NAME, OUTPUT_NAMES, read_card, read_precision
+from dcx.core.errors import DcxError
+from dcx.core.files import usable_cores
 
 from .base import Backend
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dcx.export.artefact import INPUT_NAME, OUTPUT_NAMES, read_card, read_sidecar
-from dcx.train.errors import DcxError
+from dcx.core.artefact import INPUT_NAME, OUTPUT_NAMES, read_card, read_sidecar
+from dcx.core.errors import DcxError
 
 from .base import Backend
 

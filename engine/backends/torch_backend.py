@@ -22,9 +22,9 @@ import os
 import numpy as np
 import torch
 
-from dcx.train.card import load_checkpoint
-from dcx.train.errors import DcxError
-from dcx.train.models import create_model
+from dcx.core.card import load_checkpoint
+from dcx.core.errors import DcxError
+from dcx.core.models import create_model
 
 from .base import Backend, torch_device
 

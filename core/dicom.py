@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dcx.train.errors import DcxError
-from dcx.train.preprocess import MAX_PIXELS, to_unit_gray
+from .errors import DcxError
+from .preprocess import MAX_PIXELS, to_unit_gray
 
 #: Header tags copied to every DICOM result, as (metadata key, DICOM keyword).
 META_TAGS = (

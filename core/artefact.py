@@ -17,9 +17,9 @@ import json
 import os
 from pathlib import Path
 
-from dcx.train.card import ModelCard
-from dcx.train.errors import DcxError
-from dcx.train.files import write_json
+from .card import ModelCard
+from .errors import DcxError
+from .files import write_json
 
 CARD_KEY = "dcx.card"
 PRECISION_KEY = "dcx.precision"

@@ -4,21 +4,20 @@ Training, evaluation, INT8 calibration and every engine backend reproduce exactl
 so it is defined here once:
 
 1. **Unit grayscale.** Decode to one channel in [0, 1]: 8-bit / 255, 16-bit / 65535
-   (DICOM: rescale, VOI window and MONOCHROME1 inversion first, see ``dcx.engine.dicom``),
+   (DICOM: rescale, VOI window and MONOCHROME1 inversion first, see ``dcx.core.dicom``),
    colour by ITU-R BT.601 luma (0.299 R + 0.587 G + 0.114 B, as PIL's ``convert("L")``),
    alpha ignored, palette expanded first.
 2. **Letterbox.** Scale so the longer side is ``size`` (bilinear, antialiased when shrinking),
    keeping the aspect ratio so non-square films keep both lung fields, then pad the shorter
    side symmetrically with ``pad_value`` (black) to ``size`` x ``size``.
 3. **Normalisation** (ImageNet mean/std after replicating gray to three channels) happens
-   *inside* the model (:class:`dcx.train.models.DcxNet`), so exported graphs take the
+   *inside* the model (:class:`dcx.core.models.DcxNet`), so exported graphs take the
    unit-gray tensor directly and the engine never needs to know it.
 
 The engine's DALI pipeline reproduces steps 1-2 on CPU or GPU; its test states the bound.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,45 +96,3 @@ def letterbox(image: torch.Tensor, size: int, pad_value: float = 0.0) -> torch.T
     out = x.new_full((x.shape[0], x.shape[1], size, size), pad_value)
     out[:, :, top : top + h, left : left + w] = x
     return out if batched else out[0]
-
-
-def read_unit_gray(path: str | os.PathLike) -> np.ndarray:
-    """The reference reader: any supported file -> unit-gray HxW float32.
-
-    Raster formats go through Pillow, DICOM through ``dcx.engine.dicom`` (which owns the
-    DICOM rules). The engine decodes with DALI instead; both must agree with this.
-    """
-    from dcx.engine import formats
-
-    kind = formats.sniff(path)
-    if kind == "dicom":
-        from dcx.engine import dicom
-
-        return dicom.read_unit_gray(path)
-    if kind is None:
-        raise DcxError(f"not a supported image: {os.fspath(path)}")
-    return to_unit_gray(_read_raster(path))
-
-
-def _read_raster(path) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise DcxError(f"{os.fspath(path)}: {im.width}x{im.height} exceeds the {MAX_PIXELS} pixel limit")
-            if im.mode == "P":
-                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-            elif im.mode == "1":
-                im = im.convert("L")
-            elif im.mode == "CMYK" or im.mode == "YCbCr":
-                im = im.convert("RGB")
-            elif im.mode in ("I", "I;16", "I;16B", "I;16L"):
-                return np.clip(np.asarray(im, dtype=np.int64), 0, 65535).astype(np.uint16)
-            elif im.mode == "F":
-                return np.asarray(im, dtype=np.float32)
-            return np.asarray(im)
-    except DcxError:
-        raise
-    except Exception as exc:  # Pillow raises many types for hostile bytes
-        raise DcxError(f"{os.fspath(path)}: cannot decode ({type(exc).__name__}: {exc})") from exc
