@@ -28,7 +28,10 @@ import numpy as np
 
 from dcx.core import metrics
 from dcx.core.errors import DcxError
+from dcx.train.data import ImageDataset, collate_skipping, read_samples
+from dcx.train.trainer import predict
 
+from . import report as rep
 from .engine_runs import read_results, run_infer
 from .peer_baseline import load_reference
 
@@ -37,8 +40,6 @@ def measure_parity(reference: Path, engine: Path, data: Path, workdir: Path, *, 
                    min_agreement: float = 0.99, max_delta_p: float | None = None, decompose: bool = True,
                    batch_size: int = 32, log=lambda message: None) -> tuple[dict, list[dict]]:
     """Score ``data`` both ways; (report, per-image rows)."""
-    from dcx.train.data import read_samples
-
     samples = read_samples(data)
     log(f"reference: {reference} over {len(samples)} labelled files")
     card, ref_p = _reference_scores(reference, samples, batch_size)
@@ -94,9 +95,6 @@ def _reference_scores(checkpoint: Path, samples, batch_size: int):
     """Positive-class probability per sample (NaN where the reference reader refused the file)."""
     import torch
     from torch.utils.data import DataLoader
-
-    from dcx.train.data import ImageDataset, collate_skipping
-    from dcx.train.trainer import predict
 
     card, model = load_reference(checkpoint)
     labels = sorted({s.label for s in samples})
@@ -209,8 +207,6 @@ def plot_roc(report: dict, path: Path) -> None:
 
 
 def markdown(report: dict) -> str:
-    from . import report as rep
-
     ref, eng, d = report["reference"], report["engine"], report["deltas"]
     pct = lambda v: rep.fmt(100 * v, 1) if v is not None else "–"  # noqa: E731
     rows = [[name, pct(side["sensitivity"]), pct(side["specificity"]), rep.fmt(side["auc"], 4),

@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 
 from dcx.core.errors import DcxError
+from dcx.engine.discover import discover
 
 from . import report as rep
 from .decode_bench import bench_decoding, cpu_ceiling
@@ -104,7 +105,6 @@ def _source(data: Path, workdir: Path, limit: int | None) -> dict:
     engine's own discovery order."""
     if limit is None:
         return {"archive": data}
-    from dcx.engine.discover import discover
 
     listing = workdir / "files.txt"
     with open(listing, "w", encoding="utf-8", errors="surrogateescape") as f:

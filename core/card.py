@@ -1,4 +1,4 @@
-"""The model card and the checkpoint file that carries it.
+"""The model card, the checkpoint file that carries it, and the one way a checkpoint becomes a model.
 
 A checkpoint is ``{"format": FORMAT, "card": <JSON-able dict>, "state_dict": ..., "resume": ...}``
 saved with :func:`torch.save` and loaded with ``weights_only=True``: no pickled code runs.
@@ -7,6 +7,7 @@ result rows), so a model is never separated from its classes, threshold and inpu
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -17,11 +18,10 @@ import torch
 
 from .errors import DcxError
 from .files import atomic_path
-from .preprocess import Preprocess
+from .models import DcxNet, create_model
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 FORMAT = "dcx-checkpoint/1"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def dcx_version() -> str:
@@ -56,6 +56,9 @@ class ModelCard:
         if self.positive not in self.classes:
             raise DcxError(f"positive class {self.positive!r} is not one of {self.classes}")
         self.mean, self.std = tuple(self.mean), tuple(self.std)
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise DcxError(f"model card mean/std must be three values each (std > 0), got {self.mean} / {self.std}")
+        self.preprocess()  # refuses a resize policy or interpolation dcx does not implement
 
     @property
     def positive_index(self) -> int:
@@ -64,8 +67,6 @@ class ModelCard:
     @property
     def model_id(self) -> str:
         """Short stable identity of the model, used to key results and state."""
-        import hashlib
-
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
 
     def preprocess(self) -> Preprocess:
@@ -112,3 +113,25 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[ModelCard, dict, dict | No
         raise DcxError(f"{path} is not a dcx checkpoint (no '{FORMAT}' model card); "
                        "plain torchvision weights go to dcx-train --weights PATH")
     return ModelCard.from_dict(payload["card"]), payload["state_dict"], payload.get("resume")
+
+
+def build_model(card: ModelCard, state_dict: dict, source: str | os.PathLike = "checkpoint") -> DcxNet:
+    """The card's architecture with ``state_dict`` loaded, normalising with the card's mean/std, in
+    eval mode on the CPU; a one-line error when the weights do not fit the card."""
+    model = create_model(card.arch, len(card.classes), mean=card.mean, std=card.std)
+    normalisation = {k: v for k, v in model.state_dict().items() if k in ("mean", "std")}
+    try:
+        model.load_state_dict(state_dict)
+    except Exception as exc:  # mismatched keys or shapes: a card that lies about its weights
+        raise DcxError(f"{os.fspath(source)}: its weights do not fit a {card.arch} with {len(card.classes)} classes "
+                       f"({str(exc).splitlines()[0][:160]})") from exc
+    if any(not torch.allclose(model.state_dict()[k], v) for k, v in normalisation.items()):
+        raise DcxError(f"{os.fspath(source)}: the weights were trained with another mean/std than its card records")
+    return model.eval()
+
+
+def load_model(path: str | os.PathLike) -> tuple[DcxNet, ModelCard]:
+    """A dcx checkpoint as its eval-mode FP32 model (CPU) and card: what export, the PyTorch
+    backend, evaluation and the benchmarks' reference all run."""
+    card, state_dict, _ = load_checkpoint(path)
+    return build_model(card, state_dict, path), card

@@ -19,8 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from .card import IMAGENET_MEAN, IMAGENET_STD
 from .errors import DcxError
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)
@@ -67,13 +67,14 @@ register_model(ArchSpec("densenet121", tv.densenet121, tv.DenseNet121_Weights.IM
 
 
 class DcxNet(nn.Module):
-    """Unit-gray (N, 1, H, W) in -> logits; normalisation lives inside (see preprocess.py)."""
+    """Unit-gray (N, 1, H, W) in -> logits; normalisation (the card's mean/std) lives inside."""
 
-    def __init__(self, arch: str, features: nn.Module, feature_channels: int, num_classes: int):
+    def __init__(self, arch: str, features: nn.Module, feature_channels: int, num_classes: int, *,
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
         super().__init__()
         self.arch = arch
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         self.features = features
         conv = nn.Conv2d(feature_channels, num_classes, kernel_size=1)
         if arch.startswith("squeezenet"):
@@ -103,7 +104,8 @@ class DcxNet(nn.Module):
             p.requires_grad_(False)
 
 
-def create_model(arch: str, num_classes: int, *, weights: str = "none") -> DcxNet:
+def create_model(arch: str, num_classes: int, *, weights: str = "none", mean: tuple[float, ...] = IMAGENET_MEAN,
+                 std: tuple[float, ...] = IMAGENET_STD) -> DcxNet:
     """Build ``arch`` for ``num_classes``; ``weights`` is ``imagenet``, ``none`` or a local file.
 
     A local file holds torchvision ImageNet weights: air-gapped sites copy the file that
@@ -117,7 +119,7 @@ def create_model(arch: str, num_classes: int, *, weights: str = "none") -> DcxNe
         backbone.load_state_dict(_download_imagenet(spec))
     elif weights not in ("none", None):
         _load_local_weights(backbone, spec, weights)
-    return DcxNet(arch, spec.features(backbone), spec.feature_channels, num_classes)
+    return DcxNet(arch, spec.features(backbone), spec.feature_channels, num_classes, mean=mean, std=std)
 
 
 def _download_imagenet(spec: ArchSpec) -> dict:

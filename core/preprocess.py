@@ -31,15 +31,36 @@ MAX_PIXELS = 16384 * 16384
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
+#: Step 3's defaults (ImageNet statistics, the backbones' pretraining); a card may carry others.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: The resize policies and interpolations this contract implements (the card names one of each).
+RESIZES = ("letterbox",)
+INTERPOLATIONS = ("bilinear-antialias",)
+
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Parameters of the contract; they travel in every model card."""
+    """Parameters of steps 1-2, read from the model card (:meth:`dcx.core.card.ModelCard.preprocess`).
+
+    A card naming a policy this contract does not implement is refused rather than served
+    with another one: the model would see images unlike those it was trained on.
+    """
 
     size: int = 224
     resize: str = "letterbox"
     interpolation: str = "bilinear-antialias"
     pad_value: float = 0.0
+
+    def __post_init__(self):
+        if self.resize not in RESIZES:
+            raise DcxError(f"the model card asks for resize {self.resize!r}; dcx implements {', '.join(RESIZES)}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise DcxError(f"the model card asks for interpolation {self.interpolation!r}; "
+                           f"dcx implements {', '.join(INTERPOLATIONS)}")
+        if not isinstance(self.size, int) or self.size < 1:
+            raise DcxError(f"the model card's input size must be a positive integer, got {self.size!r}")
 
     def __call__(self, unit_gray: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Unit-gray HxW image -> float32 tensor (1, size, size)."""

@@ -48,6 +48,7 @@ from dcx.core.errors import DcxError
 from dcx.core.files import write_json
 
 from . import run
+from .backends import open_backend, read_engine_card
 from .discover import Candidate
 from .merge import row_key
 from .results import RowSchema, format_for, open_writer, partial_path
@@ -84,7 +85,6 @@ def screen_on_ray(options: run.ScreenOptions, address: str = "local", *,
     if (options.fmt or (format_for(options.out) if Path(options.out).suffix else "parquet")) != "parquet":
         raise DcxError(f"--ray writes a folder of Parquet parts: name --out like results.parquet "
                        f"(got {options.out}); dcx-merge turns the folder into CSV or JSONL")
-    from .backends import read_engine_card  # the model card only: the driver may have no GPU for a plan
 
     ray = _import_ray()
     card = read_engine_card(options.engine)
@@ -185,10 +185,9 @@ class _ScoreFiles:
     def __init__(self, options: run.ScreenOptions, cwd: str):
         if os.path.isdir(cwd):  # relative archive, engine and heatmap paths mean what they meant
             os.chdir(cwd)
-        from .backends import open_backend
 
         self.options = options
-        self.backend = open_backend(options.engine, device="cuda" if options.device == "gpu" else "cpu",
+        self.backend = open_backend(options.engine, device=options.device,
                                     threads=None if options.device == "gpu" else 1)
         self.schema = RowSchema.for_card(self.backend.card, options.include_phi)
         self.stats = run.Stats()

@@ -31,9 +31,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from dcx.core.card import dcx_version
+from dcx.core.devices import device_of
+from dcx.core.dicom import SeriesRules
 from dcx.core.files import write_json
 
+from .backends import open_backend
+from .decode import Decoder
 from .discover import Candidate, discover
+from .heatmaps import save_heatmap
 from .results import RowSchema, display_path, format_for, open_writer
 from .shard import Shard, select
 from .state import StateDB, state_key
@@ -135,14 +141,11 @@ def screen(options: ScreenOptions) -> dict:
     Raises KeyboardInterrupt after saving what is done (the partial output stays beside the
     output, the state database holds every committed row); the caller reports it.
     """
-    from .backends import open_backend  # heavy imports only when a run starts
-
     stats = Stats()
     completed = False
-    backend_device = "cuda" if options.device == "gpu" else options.device
     with contextlib.ExitStack() as stack:  # closes in reverse: producer, writer, state, backend
         t0 = time.perf_counter()
-        backend = stack.enter_context(open_backend(options.engine, device=backend_device))
+        backend = stack.enter_context(open_backend(options.engine, device=options.device))
         stats.add_time("setup", time.perf_counter() - t0)
         card = backend.card
         schema = RowSchema.for_card(card, options.include_phi)
@@ -217,10 +220,7 @@ def chunks(candidates: Iterable[Candidate], state: StateDB | None, batch_size: i
 
 
 def open_decoder(card, backend, options: ScreenOptions):
-    from .decode import Decoder
-    from dcx.core.dicom import SeriesRules
-
-    return Decoder(card.preprocess(), device="gpu" if backend.device.type == "cuda" else "cpu",
+    return Decoder(card.preprocess(), device=device_of(backend.device),
                    batch_size=options.batch_size, num_threads=options.decode_threads,
                    include_phi=options.include_phi, series_rules=SeriesRules() if options.series_rules else None)
 
@@ -337,8 +337,6 @@ def _reused_row(schema: RowSchema, stored: dict, c: Candidate) -> dict:
 def _save_heatmap(image, cam, path: str, folder: Path) -> str:
     """The PNG is named after a hash of the file's absolute path: file names often carry
     patient names, and heatmap folders get shared."""
-    from .heatmaps import save_heatmap
-
     name = hashlib.sha256(state_key(path)).hexdigest()[:24] + ".png"
     return str(save_heatmap(image, cam, Path(folder) / name))
 
@@ -358,8 +356,6 @@ def count_rows(rows: list[dict], chunk: Chunk, stats: Stats) -> None:
 
 
 def run_summary(options: ScreenOptions, backend, card, stats: Stats, completed: bool) -> dict:
-    from dcx.core.card import dcx_version  # imports torch: not needed for dcx-infer --help
-
     wall = stats.elapsed
     busy = wall - stats.setup_s  # images/s leaves out the fixed cost of model load and pipeline builds
     return {

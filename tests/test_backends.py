@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from dcx.engine.backends import open_backend
 from dcx.core.artefact import sidecar_path
-from dcx.export.onnx_export import export_onnx, save_onnx_artefact
 from dcx.core.card import ModelCard, save_checkpoint
 from dcx.core.errors import DcxError
 from dcx.core.models import create_model
+from dcx.engine.backends import open_backend
+from dcx.export.onnx_export import export_onnx, save_onnx_artefact
 
 SIZE = 64
 #: Largest |delta p| allowed against the PyTorch model: the issue's 1e-4 for ONNX Runtime FP32;
@@ -247,10 +247,10 @@ def test_plan_from_another_gpu_is_refused(model_files, tmp_path):
 
 
 def test_unknown_device(model_files):
-    assert "auto, cpu, cuda" in _one_line_error(model_files[2]["onnx"], device="gpu")
+    assert "auto, cpu, gpu" in _one_line_error(model_files[2]["onnx"], device="tpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
 @pytest.mark.parametrize("kind", ["pt", "onnx"])
 def test_cuda_requested_without_a_gpu(model_files, kind):
-    assert "cpu" in _one_line_error(model_files[2][kind], device="cuda")
+    assert "cpu" in _one_line_error(model_files[2][kind], device="gpu")

@@ -16,17 +16,17 @@ import pytest
 import torch
 
 from conftest import invoke
-from dcx.core.artefact import CARD_KEY, read_card, read_precision, sidecar_path
-from dcx.export.cli import main
-from dcx.export.pipeline import calibration_manifest_path, load_model
-from dcx.export.samples import stratified_sample
-from dcx.export.tensorrt_build import check_plan_compat, tensorrt_unavailable_reason
 from dcx.core import metrics
+from dcx.core.artefact import CARD_KEY, check_plan_compat, read_card, read_precision, sidecar_path
 from dcx.core.card import ModelCard, load_checkpoint, save_checkpoint
-from dcx.train.data import Sample, read_samples
 from dcx.core.errors import DcxError
 from dcx.core.models import create_model, list_models
 from dcx.core.reader import read_unit_gray
+from dcx.export.cli import main
+from dcx.export.pipeline import calibration_manifest_path, load_model
+from dcx.export.samples import stratified_sample
+from dcx.export.tensorrt_build import tensorrt_unavailable_reason
+from dcx.train.data import Sample, read_samples
 
 SIZE = 64
 NO_TENSORRT = tensorrt_unavailable_reason() is not None

@@ -17,8 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from dcx.core import metrics
-from dcx.core.card import ModelCard
+from dcx.core.card import ModelCard, build_model
 from dcx.core.errors import DcxError
+
+from .data import ImageDataset, collate_skipping
+from .trainer import default_workers, predict
 
 #: The Deep-COVID paper's sweep; :func:`summarize` adds the card's own threshold.
 SWEEP_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -112,16 +115,7 @@ def predict_samples(card: ModelCard, state_dict: dict, samples: list, *, batch_s
     import torch
     from torch.utils.data import DataLoader
 
-    from .data import ImageDataset, collate_skipping
-    from dcx.core.models import create_model
-    from .trainer import default_workers, predict
-
-    model = create_model(card.arch, len(card.classes))
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as exc:
-        raise DcxError(f"checkpoint weights do not fit {card.arch} with {len(card.classes)} classes: "
-                       f"{str(exc).splitlines()[0]}") from exc
+    model = build_model(card, state_dict)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     workers = default_workers() if workers is None else workers

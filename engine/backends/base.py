@@ -15,9 +15,6 @@ import numpy as np
 import torch
 
 from dcx.core.card import ModelCard
-from dcx.core.errors import DcxError
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 class Backend(abc.ABC):
@@ -82,13 +79,3 @@ class Backend(abc.ABC):
         return (f"<{type(self).__name__} {self.card.arch} {self.precision} on {self.device}"
                 f"{' (closed)' if self._closed else ''}>")
 
-
-def torch_device(device: str) -> torch.device:
-    """``auto`` -> the CUDA device when PyTorch sees one, else the CPU; ``cuda`` must exist."""
-    if device not in DEVICES:
-        raise DcxError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DcxError("device cuda: PyTorch sees no CUDA device on this machine; use device cpu")
-    return torch.device(device)

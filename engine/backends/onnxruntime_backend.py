@@ -36,8 +36,8 @@ class OnnxRuntimeBackend(Backend):
         self.card = read_card(path)
         self.precision = read_precision(path)
         cuda = device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
-        if device == "cuda" and not cuda:
-            raise DcxError("device cuda: ONNX Runtime needs onnxruntime-gpu (pip install 'dcx[gpu]') and a "
+        if device == "gpu" and not cuda:
+            raise DcxError("device gpu: ONNX Runtime needs onnxruntime-gpu (pip install 'dcx[gpu]') and a "
                            "CUDA device PyTorch can see; use device cpu")
         if cuda:
             self.device = torch.device("cuda", torch.cuda.current_device())
