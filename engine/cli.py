@@ -11,7 +11,8 @@ from dcx.core.files import usable_cores
 
 from .ray_runner import RAY_HELP, parse_address, screen_on_ray  # Ray itself loads only when --ray runs
 from .results import FORMATS
-from .run import ScreenOptions, screen
+from .run import screen
+from .scoring import ScreenOptions
 from .shard import SHARD, SHARD_HELP
 
 #: Exit codes besides 0 (all scored or skipped), 1 (DcxError) and 2 (usage); see the help text.

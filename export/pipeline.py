@@ -164,7 +164,7 @@ class _Verification:
     def run(self, candidate, reference, name: str, reference_name: str, label: str, *, exact: bool) -> dict:
         images, what = self._parity_images()
         parity = verify.parity(reference, candidate, images)
-        self.echo(f"{name} vs {reference_name} on {what}: max |delta p| {parity['max_abs_dprob']:.2e}, "
+        self.echo(f"{name} vs {reference_name} on {what}: max |delta p| {parity['max_abs_delta_p']:.2e}, "
                   f"argmax agreement {parity['argmax_agreement']:.1%}")
         result = {"reference": reference_name, "parity": {**parity, "images": what}}
         if exact:

@@ -61,7 +61,7 @@ def test_every_architecture_exports_and_matches_pytorch(arch, tmp_path):
 
     sidecar = json.loads(sidecar_path(tmp_path / "m.onnx").read_text())
     parity = sidecar["verification"]["onnxruntime"]["parity"]
-    assert parity["max_abs_dprob"] <= 1e-4 and parity["argmax_agreement"] == 1.0
+    assert parity["max_abs_delta_p"] <= 1e-4 and parity["argmax_agreement"] == 1.0
     assert sidecar["artefact"]["input"]["shape"] == ["N", 1, SIZE, SIZE]
     assert [o["name"] for o in sidecar["artefact"]["outputs"]] == ["probs", "cam"]
 
@@ -125,8 +125,8 @@ def test_int8_matches_pytorch_on_the_validation_split(int8_export, trained_check
     assert abs(got["specificity"] - ref["specificity"]) <= 0.01
     recorded = json.loads(sidecar_path(out).read_text())["verification"]["onnxruntime"]["accuracy"]
     assert recorded["n"] == ref["tp"] + ref["fn"] + ref["tn"] + ref["fp"]
-    assert recorded["artefact"]["sensitivity"] == pytest.approx(got["sensitivity"])
-    assert recorded["artefact"]["specificity"] == pytest.approx(got["specificity"])
+    assert recorded["candidate"]["sensitivity"] == pytest.approx(got["sensitivity"])
+    assert recorded["candidate"]["specificity"] == pytest.approx(got["specificity"])
 
 
 def test_fp16_matches_pytorch_on_the_validation_split(trained_checkpoint, tmp_path):
@@ -140,7 +140,7 @@ def test_fp16_matches_pytorch_on_the_validation_split(trained_checkpoint, tmp_pa
     assert abs(got["sensitivity"] - ref["sensitivity"]) <= 0.01
     assert abs(got["specificity"] - ref["specificity"]) <= 0.01
     accuracy = json.loads(sidecar_path(out).read_text())["verification"]["onnxruntime"]["accuracy"]
-    assert accuracy["decision_agreement"] >= 0.99 and accuracy["max_abs_dprob"] < 1e-2
+    assert accuracy["agreement"]["flag_agreement"] >= 0.99 and accuracy["agreement"]["max_abs_delta_p"] < 1e-2
 
 
 def test_strict_turns_an_accuracy_warning_into_an_error(trained_checkpoint, tmp_path, monkeypatch):
@@ -199,7 +199,7 @@ def test_plan_is_built_verified_and_reuses_its_timing_cache(trained_checkpoint, 
     assert trt_record["gpu_name"] == torch.cuda.get_device_name()
     assert trt_record["profile"] == {"min_batch": 1, "opt_batch": 8, "max_batch": 16}
     accuracy = sidecar["verification"]["tensorrt"]["accuracy"]
-    assert abs(accuracy["delta_sensitivity"]) <= 0.01 and abs(accuracy["delta_specificity"]) <= 0.01
+    assert abs(accuracy["deltas"]["sensitivity"]) <= 0.01 and abs(accuracy["deltas"]["specificity"]) <= 0.01
     cache = [p for p in (tmp_path / "cache").iterdir()]
     assert len(cache) == 1 and cache[0].stat().st_size > 0
     invoke(main, [tmp_path / "a.onnx", "--out", tmp_path / "b.plan"])  # a second build, same cache file

@@ -284,12 +284,12 @@ def test_progress_line_shows_rate_and_eta(archive, monkeypatch):
     import io
     import time
 
-    from dcx.engine import run
+    from dcx.engine import run, scoring
 
     stderr = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stderr)
-    stats = run.Stats()
-    progress = run._Progress(run.ScreenOptions(engine=Path("m.pt"), out=Path("r.csv"), root=archive), stats)
+    stats = scoring.Stats()
+    progress = run._Progress(scoring.ScreenOptions(engine=Path("m.pt"), out=Path("r.csv"), root=archive), stats)
     deadline = time.monotonic() + 30
     while progress.total is None and time.monotonic() < deadline:  # the counting pass runs in a thread
         time.sleep(0.01)

@@ -17,7 +17,7 @@ import pytest
 from conftest import invoke
 from dcx.engine.ray_runner import _ScoreFiles, _watch, parse_address
 from dcx.engine.results import read_rows
-from dcx.engine.run import ScreenOptions
+from dcx.engine.scoring import ScreenOptions
 from dcx.core.errors import DcxError
 
 CORRUPT = {"broken/empty.png": b"", "broken/garbage.dcm": bytes(range(256)) * 4}
@@ -94,7 +94,7 @@ def local_rows(trained_checkpoint, archive, tmp_path_factory) -> dict[str, dict]
 def test_scorer_gives_a_failing_file_its_row_and_keeps_the_others(trained_checkpoint, archive, local_rows,
                                                                    tmp_path, monkeypatch):
     """A batch that raises (not a corrupt file: the decoder reports those) is retried file by file."""
-    from dcx.engine import run
+    from dcx.engine import scoring
     from dcx.engine.discover import discover
 
     files = [c for c in discover(archive) if "broken" not in c.path][:4]
@@ -118,8 +118,8 @@ def test_scorer_gives_a_failing_file_its_row_and_keeps_the_others(trained_checkp
                 raise MemoryError("simulated allocator failure")
             return self.decoder.decode(paths)
 
-    real_open = run.open_decoder
-    monkeypatch.setattr(run, "open_decoder", lambda *args: Poisoned(real_open(*args)))
+    real_open = scoring.open_decoder
+    monkeypatch.setattr(scoring, "open_decoder", lambda *args: Poisoned(real_open(*args)))
     options = ScreenOptions(engine=trained_checkpoint, out=tmp_path / "x.parquet", device="cpu", decode_threads=1)
     rows = _ScoreFiles(options, str(Path.cwd()))._score(files)
     assert [r["path"] for r in rows] == [f.path for f in files]
