@@ -119,7 +119,7 @@ def build_model(card: ModelCard, state_dict: dict, source: str | os.PathLike = "
     """The card's architecture with ``state_dict`` loaded, normalising with the card's mean/std, in
     eval mode on the CPU; a one-line error when the weights do not fit the card."""
     model = create_model(card.arch, len(card.classes), mean=card.mean, std=card.std)
-    normalisation = {k: v for k, v in model.state_dict().items() if k in ("mean", "std")}
+    normalisation = {k: v.clone() for k, v in model.state_dict().items() if k in ("mean", "std")}
     try:
         model.load_state_dict(state_dict)
     except Exception as exc:  # mismatched keys or shapes: a card that lies about its weights

@@ -135,8 +135,8 @@ def letterbox_pipeline(kind: str, gpu: bool, size: int, pad_value: float = 0.0, 
 class LetterboxPipeline:
     """A built :func:`letterbox_pipeline`, fed in batch mode and reused across batches.
 
-    DALI fails a whole batch when one sample is bad and the pipeline object is dead afterwards
-    (GUIDE 2): :meth:`run` then rebuilds it and raises :class:`BatchFailed`, so the caller can
+    DALI fails a whole batch when one sample is bad and the pipeline object is dead
+    afterwards: :meth:`run` then rebuilds it and raises :class:`BatchFailed`, so the caller can
     isolate the culprit. Not thread-safe: one pipeline per thread.
     """
 

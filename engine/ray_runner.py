@@ -6,7 +6,7 @@ code the local run uses (:mod:`dcx.engine.scoring`) -- that reads, decodes and s
 where the files are. One actor per GPU when the cluster has GPUs, else one per CPU, leaving
 one CPU free so the driver and Ray's own stages are never starved.
 
-Rules learnt the hard way (see the field guide, section 4):
+Rules learnt the hard way:
 
 - **Every file gets its row.** Failures are caught per file inside the actor (a batch that
   raises is retried file by file; the file that still raises gets an ``error`` row), so no

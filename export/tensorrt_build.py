@@ -3,7 +3,7 @@
 TensorRT is imported lazily, only here, so every other part of dcx works without it.
 Precision comes from the ONNX graph (FP16 tensors, Q/DQ INT8) because the network is
 strongly typed: on TensorRT 10 through ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``,
-on TensorRT 11 always (the flag is deprecated and ignored there; GUIDE s1).
+on TensorRT 11 always (the flag is deprecated and ignored there).
 
 A plan is only valid for the GPU model and TensorRT version that built it, and it carries no
 model card, so its sidecar ``<plan>.json`` records both the card and the build environment;
