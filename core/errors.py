@@ -38,8 +38,8 @@ def reported_as_cli_error():
         raise error from exc
 
 
-class Command(click.Command):
-    """A click command whose DcxErrors end it with one ``Error:`` line."""
+class _ReportsDcxErrors:
+    """Mixed into click's Command and Group: parsing and running report DcxErrors as one line."""
 
     def make_context(self, *args, **kwargs):
         with reported_as_cli_error():
@@ -50,15 +50,11 @@ class Command(click.Command):
             return super().invoke(ctx)
 
 
-class Group(click.Group):
+class Command(_ReportsDcxErrors, click.Command):
+    """A click command whose DcxErrors end it with one ``Error:`` line."""
+
+
+class Group(_ReportsDcxErrors, click.Group):
     """A click group whose commands (and the group itself) report DcxErrors as :class:`Command` does."""
 
     command_class = Command
-
-    def make_context(self, *args, **kwargs):
-        with reported_as_cli_error():
-            return super().make_context(*args, **kwargs)
-
-    def invoke(self, ctx):
-        with reported_as_cli_error():
-            return super().invoke(ctx)
