@@ -11,7 +11,7 @@ import click
 from dcx.core.errors import DcxError, Group
 
 from . import report as rep
-from .archive import replicate
+from .archive import MODES, replicate
 from .model_bench import bench_model_file, expand_engines, markdown as model_markdown
 from .parity import markdown as parity_markdown, measure_parity, plot_roc, write_per_image
 from .peer_baseline import run_peer
@@ -222,7 +222,7 @@ def peer(reference, files_from, batch_size, workers, out):
 @click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--n", "count", default=10000, show_default=True, type=click.IntRange(1), help="Files to make.")
-@click.option("--mode", default="hardlink", show_default=True, type=click.Choice(["hardlink", "symlink", "copy"]),
+@click.option("--mode", default="hardlink", show_default=True, type=click.Choice(MODES),
               help="How each file is made (hard links fall back to copies across file systems).")
 @click.option("--force", is_flag=True, help="Add to a non-empty OUT (existing names are replaced).")
 def archive(source, out, count, mode, force):

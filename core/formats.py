@@ -20,9 +20,6 @@ _SIGNATURES = (
     (b"\xff\x4f\xff\x51", "jpeg2000"),  # raw J2K codestream
 )
 
-#: Formats whose pixels the engine can score.
-SUPPORTED = frozenset({"jpeg", "png", "tiff", "bmp", "webp", "jpeg2000", "dicom"})
-
 
 def sniff_bytes(head: bytes) -> str | None:
     """Format name from the first bytes of a file, or None when unknown."""

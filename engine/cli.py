@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from dcx.core.devices import DEVICE_CHOICES, check_device, gpu_available
 from dcx.core.errors import Command, DcxError
 from dcx.core.files import usable_cores
 
@@ -36,7 +37,8 @@ def _default_decode_threads() -> int:
                    "and holds about 500 MiB less.")
 @click.option("--decode-threads", default=_default_decode_threads(), show_default="CPUs, at most 8",
               type=click.IntRange(1, 256), help="Threads decoding images.")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "gpu"]),
+@click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICE_CHOICES),
+              callback=lambda ctx, param, value: check_device(value),
               help="Where to decode and infer; auto uses the GPU when one is visible.")
 @click.option("--include", multiple=True, metavar="GLOB",
               help="Score only matching files (repeatable). A pattern without '/' matches the file "
@@ -153,9 +155,7 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
 
 
 def _default_batch_size(device: str) -> int:
-    import torch
-
-    return 64 if device != "cpu" and torch.cuda.is_available() else 16
+    return 64 if device != "cpu" and gpu_available() else 16
 
 
 def _archive_name(archive: Path | None, files_from: str | None) -> str:

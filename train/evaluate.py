@@ -18,6 +18,7 @@ import numpy as np
 
 from dcx.core import metrics
 from dcx.core.card import ModelCard, build_model
+from dcx.core.devices import torch_device
 from dcx.core.errors import DcxError
 
 from .data import ImageDataset, collate_skipping
@@ -116,7 +117,7 @@ def predict_samples(card: ModelCard, state_dict: dict, samples: list, *, batch_s
     from torch.utils.data import DataLoader
 
     model = build_model(card, state_dict)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch_device("auto")
     model.to(device)
     workers = default_workers() if workers is None else workers
     loader = DataLoader(ImageDataset(samples, card.classes, card.preprocess()), batch_size=batch_size,

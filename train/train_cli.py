@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from dcx.core.card import load_checkpoint
+from dcx.core.devices import DEVICE_CHOICES, check_device
 from dcx.core.errors import Command, DcxError
 from dcx.core.models import list_models
 from .trainer import TrainConfig, TrainingInterrupted, default_workers, train
@@ -38,8 +39,9 @@ _DEFAULTS = TrainConfig(data="", out="")
               help="Held out for dcx-eval; never seen in training or threshold choice.")
 @click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True, help="Splits, initialisation, shuffling.")
 @click.option("--workers", type=int, default=None, help=f"Image loader processes [default: min(4, CPUs) = {default_workers()}].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto picks CUDA when present (with bf16/fp16 mixed precision); CPU works, slowly.")
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
+              callback=lambda ctx, param, value: check_device(value),
+              help="gpu: an NVIDIA GPU through CUDA (cuda is the same); auto picks it when present (with bf16/fp16 mixed precision); CPU works, slowly.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt with its saved settings "
                                              "(only --workers and --device are taken from this command).")
 @click.option("--force", is_flag=True, help="Start over in an --out that already holds a run.")
