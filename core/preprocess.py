@@ -10,11 +10,13 @@ so it is defined here once:
 2. **Letterbox.** Scale so the longer side is ``size`` (bilinear, antialiased when shrinking),
    keeping the aspect ratio so non-square films keep both lung fields, then pad the shorter
    side symmetrically with ``pad_value`` (black) to ``size`` x ``size``.
-3. **Normalisation** (ImageNet mean/std after replicating gray to three channels) happens
-   *inside* the model (:class:`dcx.core.models.DcxNet`), so exported graphs take the
-   unit-gray tensor directly and the engine never needs to know it.
+3. **Normalisation** (the card's mean/std, ImageNet's by default, after replicating gray to
+   three channels) happens *inside* the model (:class:`dcx.core.models.DcxNet`), so exported
+   graphs take the unit-gray tensor directly and the engine never needs to know it.
 
-The engine's DALI pipeline reproduces steps 1-2 on CPU or GPU; its test states the bound.
+Every parameter comes from the model card (:meth:`dcx.core.card.ModelCard.preprocess`, and
+:func:`dcx.core.card.build_model` for mean/std). Step 1 for files is :mod:`dcx.core.reader`;
+the engine's DALI pipeline reproduces steps 1-2 on CPU or GPU; its test states the bound.
 """
 from __future__ import annotations
 
