@@ -37,7 +37,8 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-#: The resize policies and interpolations this contract implements (the card names one of each).
+#: The resize policies and interpolations this contract implements (the card names one of each);
+#: the reference path (:func:`letterbox`) and the engine's DALI pipeline implement exactly these.
 RESIZES = ("letterbox",)
 INTERPOLATIONS = ("bilinear-antialias",)
 

@@ -114,9 +114,6 @@ class Decoder:
             raise DcxError("GPU decoding needs a CUDA device; torch sees none (use device 'cpu')")
         if batch_size < 1 or num_threads < 1:
             raise DcxError("batch size and decode threads must be at least 1")
-        if (preprocess.resize, preprocess.interpolation) != ("letterbox", "bilinear-antialias"):
-            raise DcxError(f"the DALI decoder implements letterbox + bilinear-antialias resizing, not "
-                           f"{preprocess.resize} + {preprocess.interpolation}")
         if importlib.util.find_spec("nvidia.dali") is None:  # fail here, with advice, not mid-run
             raise DcxError("DALI is not installed: pip install nvidia-dali-cuda130")
         self.preprocess, self.device = preprocess, device
