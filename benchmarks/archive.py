@@ -11,7 +11,9 @@ import os
 import shutil
 from pathlib import Path
 
-from dcx.train.errors import DcxError
+from dcx.core.errors import DcxError
+from dcx.core.formats import sniff
+from dcx.engine.discover import discover
 
 FILES_PER_FOLDER = 1000
 MODES = ("hardlink", "symlink", "copy")
@@ -19,9 +21,6 @@ MODES = ("hardlink", "symlink", "copy")
 
 def replicate(source: Path, out: Path, n: int, *, mode: str = "hardlink", force: bool = False) -> int:
     """Fill ``out`` with ``n`` files taken round-robin from the images under ``source``."""
-    from dcx.engine.discover import discover
-    from dcx.engine.formats import sniff
-
     if out.exists() and any(out.iterdir()) and not force:
         raise DcxError(f"{out} exists and is not empty; pass --force to add to it")
     images = [c.path for c in discover(source) if c.error is None and sniff(c.path) is not None]

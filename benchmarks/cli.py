@@ -9,10 +9,15 @@ from pathlib import Path
 
 import click
 
+from dcx.core.errors import DcxError, Group
 from dcx.core.progress import clock
-from dcx.train.errors import DcxError
 
 from . import report as rep
+from .archive import MODES, replicate
+from .model_bench import bench_model_file, expand_engines, markdown as model_markdown
+from .parity import markdown as parity_markdown, measure_parity, plot_roc, write_per_image
+from .peer_baseline import run_peer
+from .throughput import markdown as throughput_markdown, measure_throughput
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_PARITY_FAILED = 1
@@ -36,7 +41,7 @@ def _batch_sizes(ctx, param, value: str) -> list[int]:
     return sizes
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(cls=Group, context_settings=CONTEXT)
 def main():
     """Measure dcx: end-to-end throughput against the peer baseline, model-only throughput,
     and accuracy parity of an engine with its PyTorch reference.
@@ -93,14 +98,12 @@ def throughput(engine, data, repeat, warmup, batch_size, limit, peer, reference,
       dcx-bench throughput --engine runs/r18/resnet18-fp32.onnx --data ../shared/data/cxr-dev
       dcx-bench throughput --engine m.onnx --data /tmp/archive-10k --no-peer --repeat 1 --no-warmup
     """
-    from .throughput import markdown as render, measure_throughput
-
     rep.check_writable(out, markdown, force=force)
     with _workdir(workdir) as folder:
         report = measure_throughput(engine, data, folder, repeat=repeat, warmup=warmup, batch_size=batch_size,
                                     limit=limit, peer=peer, reference=reference, peer_workers=peer_workers,
                                     log=_log)
-    text = render(report)
+    text = throughput_markdown(report)
     rep.write_reports(report, out, markdown, text)
     click.echo(text)
 
@@ -128,8 +131,6 @@ def model(engines, batch_sizes, size, warmup, repeat, out, markdown, force):
       dcx-bench model --engine runs/r18/                  # fp32, fp16, int8 ONNX and best.pt
       dcx-bench model --engine m.onnx --batch-sizes 1,32 --repeat 20
     """
-    from .model_bench import bench_model_file, expand_engines, markdown as render
-
     rep.check_writable(out, markdown, force=force)
     machine = rep.machine()
     records = []
@@ -138,7 +139,7 @@ def model(engines, batch_sizes, size, warmup, repeat, out, markdown, force):
         records.append(bench_model_file(path, batch_sizes, size=size, warmup=warmup, repeat=repeat))
     report = {"kind": "model", "created": rep.stamp(), "machine": machine,
               "loadavg_after": rep.machine()["loadavg"], "models": records}
-    text = render(records, machine)
+    text = model_markdown(records, machine)
     rep.write_reports(report, out, markdown, text)
     click.echo(text)
 
@@ -178,8 +179,6 @@ def parity(reference, engine, data, tolerance, min_agreement, max_delta_p, decom
           --data ../shared/data/cxr-dev --max-delta-p 1e-4
       dcx-bench parity --reference best.pt --engine resnet18-int8.onnx --data test.csv --out parity-int8/
     """
-    from .parity import markdown as render, measure_parity, plot_roc, write_per_image
-
     out_dir = out_dir or Path(f"parity-{engine.name}")
     files = [out_dir / n for n in ("parity.json", "parity.md", "roc.png", "per_image.csv")]
     rep.check_writable(*files, force=force)
@@ -187,7 +186,7 @@ def parity(reference, engine, data, tolerance, min_agreement, max_delta_p, decom
     report, rows = measure_parity(reference, engine, data, out_dir, tolerance=tolerance, min_agreement=min_agreement,
                                   max_delta_p=max_delta_p, decompose=decompose, batch_size=batch_size, log=_log)
     report.update(created=rep.stamp(), machine=rep.machine())
-    text = render(report)
+    text = parity_markdown(report)
     rep.write_reports(report, files[0], files[1], text)
     plot_roc(report, files[2])
     write_per_image(rows, files[3])
@@ -215,8 +214,6 @@ def peer(reference, files_from, batch_size, workers, out):
       find ../shared/data/cxr-dev -name '*.png' > files.txt
       dcx-bench peer --reference runs/r18/best.pt --files-from files.txt
     """
-    from .peer_baseline import run_peer
-
     files = [line.rstrip("\n") for line in open(files_from, encoding="utf-8") if line.strip()]
     if not files:
         raise DcxError(f"{files_from} lists no files")
@@ -231,7 +228,7 @@ def peer(reference, files_from, batch_size, workers, out):
 @click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--n", "count", default=10000, show_default=True, type=click.IntRange(1), help="Files to make.")
-@click.option("--mode", default="hardlink", show_default=True, type=click.Choice(["hardlink", "symlink", "copy"]),
+@click.option("--mode", default="hardlink", show_default=True, type=click.Choice(MODES),
               help="How each file is made (hard links fall back to copies across file systems).")
 @click.option("--force", is_flag=True, help="Add to a non-empty OUT (existing names are replaced).")
 def archive(source, out, count, mode, force):
@@ -243,8 +240,6 @@ def archive(source, out, count, mode, force):
       dcx-bench archive ../shared/data/cxr-dev /tmp/cxr-10k --n 10000
       dcx-bench throughput --engine m.onnx --data /tmp/cxr-10k --no-peer --repeat 1 --no-warmup
     """
-    from .archive import replicate
-
     distinct = replicate(source, out, count, mode=mode, force=force)
     click.echo(f"{out}: {count} files ({mode}) from {distinct} distinct images of {source}")
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 import time
 
+from dcx.core.errors import DcxError
 from dcx.engine.backends import read_engine_card
-from dcx.train.errors import DcxError
+from dcx.engine.decode import Decoder
 
 
 def bench_decoding(files: list[str], engine: str | os.PathLike, *, batch_size: int, threads: int,
@@ -38,8 +39,6 @@ def cpu_ceiling(cores: int, *cpu_ms_per_image: float) -> float:
 def _bench_engine_decoder(files, preprocess, batch_size: int, threads: int,
                           device: str) -> tuple[dict, list[str]]:
     """The decoder's record, and the raster files it decoded with DALI (the codec's input)."""
-    from dcx.engine.decode import Decoder
-
     by_dali: list[str] = []
 
     def decode(batch: list[str]) -> int:

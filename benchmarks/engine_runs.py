@@ -12,7 +12,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from dcx.train.errors import DcxError
+from dcx.core.artefact import read_sidecar, sha256_file
+from dcx.core.errors import DcxError
+from dcx.engine.results import read_rows
 
 from .measure import ChildRun, python_child, run_child
 
@@ -58,8 +60,6 @@ def run_infer(engine: str | os.PathLike, workdir: str | os.PathLike, *, archive=
 
 
 def read_results(out: str | os.PathLike) -> list[dict]:
-    from dcx.engine.results import read_rows
-
     return list(read_rows(out))
 
 
@@ -71,8 +71,6 @@ def resolve_reference(engine: str | os.PathLike, reference: str | os.PathLike | 
     ``--reference``, the export sidecar's ``source.checkpoint`` is followed (through an ONNX
     file for a plan built from one). A ``.pt`` engine is its own reference.
     """
-    from dcx.export.artefact import sha256_file
-
     engine = Path(engine)
     if engine.suffix.lower() == ".pt" and reference is None:
         return engine, "the engine is the checkpoint"
@@ -97,8 +95,6 @@ def resolve_reference(engine: str | os.PathLike, reference: str | os.PathLike | 
 
 def _recorded_checkpoint(artefact: Path, hops: int = 3) -> tuple[Path, str | None] | None:
     """(checkpoint, sha256) named by the sidecar chain of ``artefact``, or None."""
-    from dcx.export.artefact import read_sidecar
-
     for _ in range(hops):
         sidecar = read_sidecar(artefact) if artefact.suffix.lower() != ".pt" else None
         source = (sidecar or {}).get("source") or {}

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import torch
 
-from dcx.train.errors import DcxError
-from dcx.train.models import model_cost
+from dcx.core.errors import DcxError
+from dcx.core.models import model_cost
+from dcx.engine.backends import open_backend
 
+from . import report as rep
 from .measure import summarise
 
 #: What the engine opens, by extension (a directory means: every one of these inside it).
@@ -71,8 +73,6 @@ def bench_backend(backend, batch_sizes: list[int], *, size: int | None = None, w
 def bench_model_file(path: str | os.PathLike, batch_sizes: list[int], *, size: int | None = None,
                      warmup: int = 2, repeat: int = 5) -> dict:
     """Open ``path`` as the engine would and benchmark it; a JSON-able record."""
-    from dcx.engine.backends import open_backend
-
     with open_backend(path) as backend:
         rows = bench_backend(backend, batch_sizes, size=size, warmup=warmup, repeat=repeat)
         cost = model_cost(backend.card.arch, backend.card.input_size, len(backend.card.classes))
@@ -84,8 +84,6 @@ def bench_model_file(path: str | os.PathLike, batch_sizes: list[int], *, size: i
 
 def markdown(records: list[dict], machine: dict) -> str:
     """One row per artefact and batch size."""
-    from . import report as rep
-
     rows = [[_short(r["engine"]), f"{r['backend']} {r['precision']}", r["input_size"], row["batch_size"],
              rep.fmt(row["images_per_s"]), f"{rep.fmt(row['images_per_s_range'][0])}–{rep.fmt(row['images_per_s_range'][1])}",
              rep.fmt(1000 * row["latency_s"]["median"], 1)]

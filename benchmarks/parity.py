@@ -4,7 +4,7 @@ The claim users rely on is "what dcx-eval measured for this checkpoint is what d
 delivers". So the two sides are the two real paths, end to end:
 
 - **reference**: the checkpoint in PyTorch eager FP32 through the evaluation path of
-  training (the reference reader :func:`dcx.train.preprocess.read_unit_gray`, the
+  training (the reference reader :func:`dcx.core.reader.read_unit_gray`, the
   preprocessing contract, :func:`dcx.train.trainer.predict`);
 - **engine**: ``dcx-infer --engine E`` itself over the same files (DALI decoding, the backend
   at its precision), read back from its result table.
@@ -26,9 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from dcx.train import metrics
-from dcx.train.errors import DcxError
+from dcx.core import compare, metrics
+from dcx.core.errors import DcxError
+from dcx.train.data import ImageDataset, collate_skipping, read_samples
+from dcx.train.trainer import predict
 
+from . import report as rep
 from .engine_runs import read_results, run_infer
 from .peer_baseline import load_reference
 
@@ -37,8 +40,6 @@ def measure_parity(reference: Path, engine: Path, data: Path, workdir: Path, *, 
                    min_agreement: float = 0.99, max_delta_p: float | None = None, decompose: bool = True,
                    batch_size: int = 32, log=lambda message: None) -> tuple[dict, list[dict]]:
     """Score ``data`` both ways; (report, per-image rows)."""
-    from dcx.train.data import read_samples
-
     samples = read_samples(data)
     log(f"reference: {reference} over {len(samples)} labelled files")
     card, ref_p = _reference_scores(reference, samples, batch_size)
@@ -66,20 +67,20 @@ def measure_parity(reference: Path, engine: Path, data: Path, workdir: Path, *, 
                  "negatives": int((~y).sum()), "scored_by_both": int(both.sum()),
                  "reference_failed": int(np.isnan(ref_p).sum()), "engine_failed": int(np.isnan(engine_p).sum())},
         "reference": {"checkpoint": os.fspath(reference), "path": "PyTorch eager FP32, reference reader",
-                      **_side_metrics(y[both], ref_p[both], card.threshold)},
+                      **compare.screening(y[both], ref_p[both], card.threshold)},
         "engine": {"path": os.fspath(engine), "backend": engine_run.summary["backend"],
                    "precision": engine_run.summary["precision"], "device": engine_run.summary["device"],
-                   **_side_metrics(y[both], engine_p[both], engine_threshold)},
-        "agreement": _agreement(sides),
+                   **compare.screening(y[both], engine_p[both], engine_threshold)},
+        "agreement": compare.agreement(ref_p, card.threshold, engine_p, engine_threshold),
     }
     if via_pt is not None:
         report["decomposition"] = {
-            "backend_only": _delta_p(via_pt, engine_p),   # same decoder, PyTorch vs the engine's backend
-            "decode_only": _delta_p(ref_p, via_pt),       # same PyTorch model, reference reader vs engine decoder
+            "backend_only": compare.delta_p(via_pt, engine_p),   # same decoder, PyTorch vs the engine's backend
+            "decode_only": compare.delta_p(ref_p, via_pt),       # same PyTorch model, reference reader vs engine decoder
         }
-    report["deltas"] = {k: report["engine"][k] - report["reference"][k]
-                        for k in ("sensitivity", "specificity", "auc", "accuracy")}
-    report["gates"] = _gates(report, tolerance, min_agreement, max_delta_p)
+    report["deltas"] = compare.deltas(report["reference"], report["engine"])
+    report["gates"] = compare.gates(report["deltas"], report["agreement"], tolerance=tolerance,
+                                    min_agreement=min_agreement, max_delta_p=max_delta_p)
     report["passed"] = all(g["passed"] for g in report["gates"])
     rows = [{"path": f, "label": s.label, "positive": int(t), "p_reference": _cell(r), "p_engine": _cell(e),
              **({"p_engine_pytorch": _cell(v)} if via_pt is not None else {}),
@@ -94,9 +95,6 @@ def _reference_scores(checkpoint: Path, samples, batch_size: int):
     """Positive-class probability per sample (NaN where the reference reader refused the file)."""
     import torch
     from torch.utils.data import DataLoader
-
-    from dcx.train.data import ImageDataset, collate_skipping
-    from dcx.train.trainer import predict
 
     card, model = load_reference(checkpoint)
     labels = sorted({s.label for s in samples})
@@ -122,51 +120,6 @@ def _engine_scores(results: Path, positive: str, files: list[str]) -> tuple[np.n
         raise DcxError(f"the engine's model has no class {positive!r}: it cannot be compared with the reference")
     p = np.array([float(by_path[f][column]) if by_path[f]["status"] == "ok" else np.nan for f in files])
     return p, float(first["threshold"])
-
-
-def _side_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
-    op = metrics.operating_point(y, p, threshold)
-    return {"threshold": threshold, "sensitivity": op["sensitivity"], "sensitivity_ci95": op["sensitivity_ci95"],
-            "specificity": op["specificity"], "specificity_ci95": op["specificity_ci95"],
-            "accuracy": op["accuracy"], "auc": metrics.roc_auc(y, p),
-            "confusion": {k: op[k] for k in ("tp", "fn", "tn", "fp")}}
-
-
-def _agreement(sides: dict) -> dict:
-    """Same flag on the same file, over every file either side scored (a file only one side
-    could score counts as a disagreement)."""
-    (ref_p, ref_t), (eng_p, eng_t) = sides["reference"], sides["engine"]
-    either = ~np.isnan(ref_p) | ~np.isnan(eng_p)
-    same = (ref_p >= ref_t) == (eng_p >= eng_t)
-    same &= ~np.isnan(ref_p) & ~np.isnan(eng_p)
-    n = int(either.sum())
-    return {"files": n, "flag_agreement": float(same[either].mean()) if n else math.nan,
-            "disagreements": int(n - same[either].sum()), **_delta_p(ref_p, eng_p)}
-
-
-def _delta_p(a: np.ndarray, b: np.ndarray) -> dict:
-    both = ~np.isnan(a) & ~np.isnan(b)
-    d = np.abs(a[both] - b[both])
-    return {"max_abs_delta_p": float(d.max()) if d.size else math.nan,
-            "mean_abs_delta_p": float(d.mean()) if d.size else math.nan}
-
-
-def _gates(report: dict, tolerance: float, min_agreement: float, max_delta_p: float | None) -> list[dict]:
-    d, agree = report["deltas"], report["agreement"]
-    gates = [
-        {"name": "|delta sensitivity|", "value": abs(d["sensitivity"]), "limit": tolerance,
-         "passed": abs(d["sensitivity"]) <= tolerance},
-        {"name": "|delta specificity|", "value": abs(d["specificity"]), "limit": tolerance,
-         "passed": abs(d["specificity"]) <= tolerance},
-        {"name": "flag agreement", "value": agree["flag_agreement"], "limit": min_agreement,
-         "passed": agree["flag_agreement"] >= min_agreement},
-    ]
-    if max_delta_p is not None:
-        gates.append({"name": "max |delta p|", "value": agree["max_abs_delta_p"], "limit": max_delta_p,
-                      "passed": agree["max_abs_delta_p"] <= max_delta_p})
-    for gate in gates:  # NaN (no positive or negative scored) never passes
-        gate["passed"] = bool(gate["passed"]) and not math.isnan(gate["value"])
-    return gates
 
 
 def _roc(y: np.ndarray, p: np.ndarray) -> dict:
@@ -209,8 +162,6 @@ def plot_roc(report: dict, path: Path) -> None:
 
 
 def markdown(report: dict) -> str:
-    from . import report as rep
-
     ref, eng, d = report["reference"], report["engine"], report["deltas"]
     pct = lambda v: rep.fmt(100 * v, 1) if v is not None else "–"  # noqa: E731
     rows = [[name, pct(side["sensitivity"]), pct(side["specificity"]), rep.fmt(side["auc"], 4),

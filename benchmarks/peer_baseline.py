@@ -24,10 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
-from dcx.train.card import ModelCard, load_checkpoint
-from dcx.train.files import usable_cores
-from dcx.train.models import create_model
-from dcx.train.preprocess import letterbox_geometry
+from dcx.core.card import ModelCard, load_model
+from dcx.core.files import usable_cores
+from dcx.core.preprocess import letterbox_geometry
 
 #: Deep-COVID's batch size.
 PEER_BATCH_SIZE = 20
@@ -103,10 +102,8 @@ class PeerRun:
 
 def load_reference(checkpoint: str | os.PathLike) -> tuple[ModelCard, torch.nn.Module]:
     """The dcx checkpoint as an eval-mode FP32 PyTorch model."""
-    card, state_dict, _ = load_checkpoint(checkpoint)
-    model = create_model(card.arch, len(card.classes), weights="none")
-    model.load_state_dict(state_dict)
-    return card, model.eval()
+    model, card = load_model(checkpoint)
+    return card, model
 
 
 def run_peer(checkpoint: str | os.PathLike, files: list[str], *, batch_size: int = PEER_BATCH_SIZE,

@@ -13,8 +13,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from dcx.train.errors import DcxError
-from dcx.train.files import usable_cores, write_json
+from dcx.core.errors import DcxError
+from dcx.core.files import usable_cores, write_json
 
 LIBRARIES = ("dcx", "torch", "torchvision", "onnxruntime", "onnxruntime-gpu", "nvidia-dali-cuda130", "tensorrt",
              "numpy", "pillow")

@@ -26,7 +26,11 @@ import json
 import os
 from pathlib import Path
 
-from dcx.train.errors import DcxError
+import numpy as np
+
+from dcx.core import compare
+from dcx.core.errors import DcxError
+from dcx.engine.discover import discover
 
 from . import report as rep
 from .decode_bench import bench_decoding, cpu_ceiling
@@ -104,7 +108,6 @@ def _source(data: Path, workdir: Path, limit: int | None) -> dict:
     engine's own discovery order."""
     if limit is None:
         return {"archive": data}
-    from dcx.engine.discover import discover
 
     listing = workdir / "files.txt"
     with open(listing, "w", encoding="utf-8", errors="surrogateescape") as f:
@@ -199,25 +202,14 @@ def _agreement(dcx_rows: list[dict], peer_run: dict) -> dict:
     peer_probs = dict(zip(peer_run["files"], peer_run["probs"]))
     classes = peer_run["classes"]
     positive = classes.index(peer_run["positive"])
-    deltas, same_flag, same_class = [], 0, 0
-    for row in dcx_rows:
-        probs = peer_probs.get(os.path.abspath(row["path"])) if row["status"] == "ok" else None
-        if probs is None:
-            continue
-        mine = [float(row[f"p_{c}"]) for c in classes]
-        threshold = float(row["threshold"])
-        deltas.append(abs(mine[positive] - probs[positive]))
-        same_flag += (mine[positive] >= threshold) == (probs[positive] >= threshold)
-        same_class += _argmax(mine) == _argmax(probs)
-    n = len(deltas)
-    if n == 0:
+    pairs = [([float(row[f"p_{c}"]) for c in classes], peer_probs[os.path.abspath(row["path"])], float(row["threshold"]))
+             for row in dcx_rows if row["status"] == "ok" and os.path.abspath(row["path"]) in peer_probs]
+    if not pairs:
         raise DcxError("dcx and the peer scored no file in common; cannot compare them")
-    return {"files": n, "flag_agreement": same_flag / n, "class_agreement": same_class / n,
-            "max_abs_delta_p": max(deltas), "mean_abs_delta_p": sum(deltas) / n}
-
-
-def _argmax(values) -> int:
-    return max(range(len(values)), key=values.__getitem__)
+    mine, theirs, thresholds = (np.array(column, dtype=float) for column in zip(*pairs))
+    threshold = float(thresholds[0])  # one model card, one threshold
+    return {**compare.agreement(theirs[:, positive], threshold, mine[:, positive], threshold),
+            "class_agreement": float(np.mean(mine.argmax(1) == theirs.argmax(1)))}
 
 
 def _ratios(report: dict) -> dict:

@@ -5,12 +5,14 @@ from pathlib import Path
 
 import click
 
-from dcx.train.errors import DcxError
-from dcx.train.files import usable_cores
+from dcx.core.devices import DEVICE_CHOICES, check_device, gpu_available
+from dcx.core.errors import Command, DcxError
+from dcx.core.files import usable_cores
 
 from .ray_runner import RAY_HELP, parse_address, screen_on_ray  # Ray itself loads only when --ray runs
 from .results import FORMATS
-from .run import ScreenOptions, screen
+from .run import screen
+from .scoring import ScreenOptions
 from .shard import SHARD, SHARD_HELP
 
 #: Exit codes besides 0 (all scored or skipped), 1 (DcxError) and 2 (usage); see the help text.
@@ -21,7 +23,7 @@ def _default_decode_threads() -> int:
     return min(8, usable_cores())
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("archive", required=False, type=click.Path(path_type=Path))
 @click.option("--engine", "engine", required=True, type=click.Path(path_type=Path),
               help="Model file: .plan/.engine (TensorRT), .onnx (ONNX Runtime) or .pt (dcx-train checkpoint).")
@@ -34,7 +36,8 @@ def _default_decode_threads() -> int:
                    "and holds about 500 MiB less.")
 @click.option("--decode-threads", default=_default_decode_threads(), show_default="CPUs, at most 8",
               type=click.IntRange(1, 256), help="Threads decoding images.")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "gpu"]),
+@click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICE_CHOICES),
+              callback=lambda ctx, param, value: check_device(value),
               help="Where to decode and infer; auto uses the GPU when one is visible.")
 @click.option("--include", multiple=True, metavar="GLOB",
               help="Score only matching files (repeatable). A pattern without '/' matches the file "
@@ -151,9 +154,7 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
 
 
 def _default_batch_size(device: str) -> int:
-    import torch
-
-    return 64 if device != "cpu" and torch.cuda.is_available() else 16
+    return 64 if device != "cpu" and gpu_available() else 16
 
 
 def _archive_name(archive: Path | None, files_from: str | None) -> str:

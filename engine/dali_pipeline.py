@@ -1,7 +1,7 @@
 """The DALI letterbox pipeline: encoded image bytes -> (N, 1, S, S) unit-gray tensors.
 
 One pipeline definition, :func:`letterbox_pipeline`, reproduces the preprocessing contract of
-:mod:`dcx.train.preprocess` (unit gray, letterbox with bilinear antialiasing, centred, padded).
+:mod:`dcx.core.preprocess` (unit gray, letterbox with bilinear antialiasing, centred, padded).
 Two choices are fixed when it is built:
 
 * the **device**: ``cpu`` (``device_id=None``) or ``gpu`` (the decoder runs as ``mixed``, so JPEG
@@ -22,7 +22,7 @@ Two choices are fixed when it is built:
 
 Python feeds, per sample, the bytes and numbers it derived from the header (the decoder never
 trusts the decoded size silently: it is returned and checked): the letterbox geometry from the
-core :func:`~dcx.train.preprocess.letterbox_geometry`, and ``unit = scale * value + offset``.
+core :func:`~dcx.core.preprocess.letterbox_geometry`, and ``unit = scale * value + offset``.
 
 **Edges.** DALI's antialiased linear filter equals torch's (PIL's) inside the image to ~4e-6,
 but at the borders DALI repeats the edge pixel where torch renormalises the filter over the
@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dcx.train.preprocess import LUMA_WEIGHTS, letterbox_geometry
+from dcx.core.preprocess import LUMA_WEIGHTS, letterbox_geometry
 
 from .stage_clock import StageClock
 
@@ -135,8 +135,8 @@ def letterbox_pipeline(kind: str, gpu: bool, size: int, pad_value: float = 0.0, 
 class LetterboxPipeline:
     """A built :func:`letterbox_pipeline`, fed in batch mode and reused across batches.
 
-    DALI fails a whole batch when one sample is bad and the pipeline object is dead afterwards
-    (GUIDE 2): :meth:`run` then rebuilds it and raises :class:`BatchFailed`, so the caller can
+    DALI fails a whole batch when one sample is bad and the pipeline object is dead
+    afterwards: :meth:`run` then rebuilds it and raises :class:`BatchFailed`, so the caller can
     isolate the culprit. Not thread-safe: one pipeline per thread.
     """
 

@@ -3,30 +3,28 @@
 Every byte is hostile, so Python looks at each file before any decoder does:
 
 1. **Read**: not a regular file, empty, above :data:`MAX_FILE_BYTES`, unreadable -> ``error``.
-2. **Sniff** the magic bytes (:func:`dcx.engine.formats.sniff_bytes`); unknown -> ``error``.
-3. **DICOM** (:mod:`dcx.engine.dicom`): header rules first (non-images and series rules ->
+2. **Sniff** the magic bytes (:func:`dcx.core.formats.sniff_bytes`); unknown -> ``error``.
+3. **DICOM** (:mod:`dcx.core.dicom`): header rules first (non-images and series rules ->
    ``skipped``; absurd sizes -> ``error``, before any pixel is touched). Frame 1 of JPEG baseline
    and JPEG 2000 objects (and lossless JPEG on a GPU) goes to DALI's decoder as compressed bytes;
    other syntaxes (uncompressed, JPEG-LS, RLE, 12-bit lossy) are decoded by pydicom and its
    plugins and handed to DALI as arrays; either way DALI applies the header's
-   :class:`~dcx.engine.dicom.PixelTransform` and resizes. Colour, LUT tables, sigmoid windows
+   :class:`~dcx.core.dicom.PixelTransform` and resizes. Colour, LUT tables, sigmoid windows
    and signed data take the reference path (numpy).
 4. **Rasters**: nvImageCodec -- the parser DALI decodes with -- reads the header: above
    ``MAX_PIXELS`` -> ``error``; 8-bit gray, 8-bit colour and 16-bit gray go to DALI; the rest
    (CMYK, 16-bit colour, 1-bit, 12-bit JPEG, unparseable headers, files without their end
-   marker) go to the core reference reader, :func:`dcx.train.preprocess.read_unit_gray`.
+   marker) go to the core reference reader, :func:`dcx.core.reader.read_unit_gray`.
 
 DALI decodes batches (:mod:`dcx.engine.dali_pipeline`). One bad file fails its whole batch
-and kills the pipeline (GUIDE 2), so a failed batch is rebuilt and split in halves until the
+and kills the pipeline, so a failed batch is rebuilt and split in halves until the
 culprit is alone; a file that fails alone is retried through the reference path, and only
 when that fails too does it become an ``error`` row with the reference reader's reason.
 
-Parity with the training transform (``Preprocess(size)(read_unit_gray(path))``), measured on
-all 300 cxr-dev files plus the 21 shared DICOM files at 224 px, every one through DALI:
-**max abs difference 1.8e-5, mean 1.2e-7**; tests/test_decode.py holds it to max 1e-4, mean
-1e-5 (on a tenth of cxr-dev, the shared DICOM files and synthetic files of every kind). Files
-on the reference path are identical by construction. The GPU build is tested only where a GPU
-is (``@pytest.mark.gpu``): nvJPEG's IDCT may move JPEG pixels by a gray level or two.
+Parity with the training transform (``Preprocess(size)(read_unit_gray(path))``) is held by
+``tests/engine/test_decode.py`` (max 1e-4, mean 1e-5); the figure measured on the real sample
+data is in ``benchmarks/README.md`` ("Decoder parity"). The GPU build is tested only where a
+GPU is (``@pytest.mark.gpu``): nvJPEG's IDCT may move JPEG pixels by a gray level or two.
 """
 from __future__ import annotations
 
@@ -41,10 +39,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from dcx.train.errors import DcxError
-from dcx.train.preprocess import MAX_PIXELS, Preprocess, read_unit_gray
+from dcx.core.errors import DcxError
+from dcx.core.preprocess import MAX_PIXELS, Preprocess
+from dcx.core.reader import read_unit_gray
 
-from . import dicom, formats
+from dcx.core import dicom, formats
 from .dali_pipeline import CLOCK_STAGES, KINDS, BatchFailed, Sample, LetterboxPipeline
 from .stage_clock import StageClock
 
@@ -67,7 +66,7 @@ _CODEC_OF_SYNTAX = {"1.2.840.10008.1.2.4.90": "jpeg2k", "1.2.840.10008.1.2.4.91"
 @dataclass
 class Outcome:
     """What became of one input file. ``meta``: ``width``/``height``, ``decoded_by`` (``dali`` or
-    ``reference``: Pillow / pydicom) and, for DICOM, the tags of :data:`dcx.engine.dicom.META_TAGS`
+    ``reference``: Pillow / pydicom) and, for DICOM, the tags of :data:`dcx.core.dicom.META_TAGS`
     plus ``transfer_syntax`` and ``frames``."""
 
     status: str = "ok"  # ok | error | skipped
@@ -115,9 +114,6 @@ class Decoder:
             raise DcxError("GPU decoding needs a CUDA device; torch sees none (use device 'cpu')")
         if batch_size < 1 or num_threads < 1:
             raise DcxError("batch size and decode threads must be at least 1")
-        if (preprocess.resize, preprocess.interpolation) != ("letterbox", "bilinear-antialias"):
-            raise DcxError(f"the DALI decoder implements letterbox + bilinear-antialias resizing, not "
-                           f"{preprocess.resize} + {preprocess.interpolation}")
         if importlib.util.find_spec("nvidia.dali") is None:  # fail here, with advice, not mid-run
             raise DcxError("DALI is not installed: pip install nvidia-dali-cuda130")
         self.preprocess, self.device = preprocess, device

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dcx.train.files import atomic_path
+from dcx.core.files import atomic_path
 
 DEFAULT_COLORMAP = "jet"
 

@@ -28,7 +28,7 @@ from typing import Iterable, Iterator
 
 import click
 
-from dcx.train.errors import DcxError
+from dcx.core.errors import Command, DcxError
 
 from .results import FORMATS, format_for, open_writer, partial_path, read_rows
 from .shard import Shard, shard_from_name
@@ -217,7 +217,7 @@ def _listing(items: list[str]) -> str:
     return shown + (f" and {len(items) - SHOWN} more" if len(items) > SHOWN else "")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("parts", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path),
               help="Merged table; the format follows its suffix (.csv, .jsonl, .parquet) unless --format.")

@@ -2,11 +2,11 @@
 
 What travels through Ray is only the list of file paths. Each worker is an actor holding one
 engine backend and one decoder -- the very objects a local run uses, scoring files with the
-local run's own code (:mod:`dcx.engine.run`) -- that reads, decodes and scores its batches
+code the local run uses (:mod:`dcx.engine.scoring`) -- that reads, decodes and scores its batches
 where the files are. One actor per GPU when the cluster has GPUs, else one per CPU, leaving
 one CPU free so the driver and Ray's own stages are never starved.
 
-Rules learnt the hard way (see the field guide, section 4):
+Rules learnt the hard way:
 
 - **Every file gets its row.** Failures are caught per file inside the actor (a batch that
   raises is retried file by file; the file that still raises gets an ``error`` row), so no
@@ -45,10 +45,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterable, Iterator
 
-from dcx.train.errors import DcxError
-from dcx.train.files import write_json
+from dcx.core.errors import DcxError
+from dcx.core.files import write_json
 
-from . import run
+from . import scoring
+from .backends import open_backend, read_engine_card
 from .discover import Candidate
 from .merge import row_key
 from .results import RowSchema, format_for, open_writer, partial_path
@@ -75,7 +76,7 @@ def parse_address(value: str) -> str:
                    "for a local Ray instance put --ray after ARCHIVE, or write --ray=local", exit_code=2)
 
 
-def screen_on_ray(options: run.ScreenOptions, address: str = "local", *,
+def screen_on_ray(options: scoring.ScreenOptions, address: str = "local", *,
                   timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
     """Screen like :func:`dcx.engine.run.screen`, on Ray; returns the run summary.
 
@@ -85,30 +86,29 @@ def screen_on_ray(options: run.ScreenOptions, address: str = "local", *,
     if (options.fmt or (format_for(options.out) if Path(options.out).suffix else "parquet")) != "parquet":
         raise DcxError(f"--ray writes a folder of Parquet parts: name --out like results.parquet "
                        f"(got {options.out}); dcx-merge turns the folder into CSV or JSONL")
-    from .backends import read_engine_card  # the model card only: the driver may have no GPU for a plan
 
     ray = _import_ray()
     card = read_engine_card(options.engine)
     schema = RowSchema.for_card(card, options.include_phi)
-    stats = run.Stats()
+    stats = scoring.Stats()
     backend_info = SimpleNamespace(name=None, precision=None, device=None)  # from the actors' replies
     ray_info = {"address": address, "actors": 0}
     completed = False
     with contextlib.ExitStack() as stack:
         state = None
         if options.state:
-            state = stack.enter_context(StateDB(options.state, run.state_profile(card.model_id, options)))
+            state = stack.enter_context(StateDB(options.state, scoring.state_profile(card.model_id, options)))
         parts = _Parts(options.out, schema.columns)
         try:
             pending = _Pending()
-            for chunk in run.chunks(run.candidates(options), state, options.batch_size, stats):
-                settled = run.Chunk()  # what the driver settles itself: unreadable or reused files
+            for chunk in scoring.chunks(scoring.candidates(options), state, options.batch_size, stats):
+                settled = scoring.Chunk()  # what the driver settles itself: unreadable or reused files
                 for i, candidate in enumerate(chunk.files):
                     if i in chunk.todo:
                         pending.add(candidate)
                     else:
                         settled.add(candidate, chunk.reused.get(i))
-                _keep(run.score_chunk(settled, None, schema, options, stats), settled, parts, stats)
+                _keep(scoring.score_chunk(settled, None, schema, options, stats), settled, parts, stats)
             if pending.count:
                 if _connect(ray, address):
                     stack.callback(ray.shutdown)
@@ -125,7 +125,7 @@ def screen_on_ray(options: run.ScreenOptions, address: str = "local", *,
                     pending.settle(files)
                     if state is not None:  # commit first: the database is the source of truth
                         state.record(zip(files, rows))
-                    scored = run.Chunk()
+                    scored = scoring.Chunk()
                     for f in files:
                         scored.add(f, None)
                     _keep(rows, scored, parts, stats)
@@ -135,16 +135,16 @@ def screen_on_ray(options: run.ScreenOptions, address: str = "local", *,
             parts.commit()
             completed = True
         finally:
-            summary = run.run_summary(options, backend_info, card, stats, completed)
+            summary = scoring.run_summary(options, backend_info, card, stats, completed)
             summary.update(format="parquet parts", parts=parts.written, ray=ray_info)
             if options.summary:
                 write_json(options.summary, summary)
     return summary
 
 
-def _keep(rows: list[dict], chunk: run.Chunk, parts: "_Parts", stats) -> None:
+def _keep(rows: list[dict], chunk: scoring.Chunk, parts: "_Parts", stats) -> None:
     parts.add(rows)
-    run.count_rows(rows, chunk, stats)
+    scoring.count_rows(rows, chunk, stats)
 
 
 def _import_ray():
@@ -167,7 +167,7 @@ def _connect(ray, address: str) -> bool:
     return True
 
 
-def _actor_pool(ray, options: run.ScreenOptions) -> tuple[run.ScreenOptions, dict]:
+def _actor_pool(ray, options: scoring.ScreenOptions) -> tuple[scoring.ScreenOptions, dict]:
     """Actor options and ``map_batches`` resources: one actor per GPU, or one per CPU but one."""
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
@@ -183,16 +183,15 @@ def _actor_pool(ray, options: run.ScreenOptions) -> tuple[run.ScreenOptions, dic
 class _ScoreFiles:
     """The Ray actor: one backend and one decoder, scoring batches of paths into rows."""
 
-    def __init__(self, options: run.ScreenOptions, cwd: str):
+    def __init__(self, options: scoring.ScreenOptions, cwd: str):
         if os.path.isdir(cwd):  # relative archive, engine and heatmap paths mean what they meant
             os.chdir(cwd)
-        from .backends import open_backend
 
         self.options = options
-        self.backend = open_backend(options.engine, device="cuda" if options.device == "gpu" else "cpu",
+        self.backend = open_backend(options.engine, device=options.device,
                                     threads=None if options.device == "gpu" else 1)
         self.schema = RowSchema.for_card(self.backend.card, options.include_phi)
-        self.stats = run.Stats()
+        self.stats = scoring.Stats()
         self.backend_info = json.dumps({"name": self.backend.name, "precision": self.backend.precision,
                                         "device": str(self.backend.device)})
         self._decoder_stack = contextlib.ExitStack()
@@ -209,14 +208,14 @@ class _ScoreFiles:
         """The local run's scoring; a batch that raises is retried file by file, and a file
         that still raises gets its ``error`` row, so a failure never costs other files."""
         try:
-            chunk = run.Chunk()
+            chunk = scoring.Chunk()
             for f in files:
                 chunk.add(f, None)
             if self._decoder is None:
                 self._decoder = self._decoder_stack.enter_context(
-                    run.open_decoder(self.backend.card, self.backend, self.options))
+                    scoring.open_decoder(self.backend.card, self.backend, self.options))
             chunk.decoded = self._decoder.decode([f.path for f in files])
-            return run.score_chunk(chunk, self.backend, self.schema, self.options, self.stats)
+            return scoring.score_chunk(chunk, self.backend, self.schema, self.options, self.stats)
         except Exception as exc:
             self._decoder_stack.close()  # a failed decoder may be dead (DALI): build a new one
             self._decoder = None

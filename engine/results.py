@@ -7,7 +7,7 @@ Columns, in order (``patient_*`` only with ``--include-phi``; ``p_<class>`` per 
 
 ``status`` is ``ok`` (scored), ``skipped`` (not a radiograph to score, e.g. a DICOM structured
 report or a series rule) or ``error`` (could not be scored); ``reason`` says why for the
-last two. ``flagged`` is ``p_positive >= threshold`` (the convention of dcx.train.metrics).
+last two. ``flagged`` is ``p_positive >= threshold`` (the convention of dcx.core.metrics).
 Scores are rounded to 6 decimals: finer than any model's meaningful precision, coarse
 enough to read.
 
@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from dcx.train.errors import DcxError
+from dcx.core.errors import DcxError
 
 FORMATS = ("csv", "jsonl", "parquet")
 STATUSES = ("ok", "skipped", "error")
@@ -68,7 +68,7 @@ class RowSchema:
 
     @classmethod
     def for_card(cls, card, include_phi: bool = False) -> "RowSchema":
-        """The schema of a model card (:class:`dcx.train.card.ModelCard`)."""
+        """The schema of a model card (:class:`dcx.core.card.ModelCard`)."""
         return cls(tuple(card.classes), card.positive, float(card.threshold), card.model_id, include_phi)
 
     @property

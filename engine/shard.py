@@ -24,7 +24,7 @@ from typing import Iterable, Iterator
 
 import click
 
-from dcx.train.errors import DcxError
+from dcx.core.errors import DcxError
 
 _SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 _TAG = re.compile(r"\.shard-(\d+)-of-(\d+)(?=\.|$)")

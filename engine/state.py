@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 from typing import Iterable
 
-from dcx.train.errors import DcxError
+from dcx.core.errors import DcxError
 
 SCHEMA_VERSION = 1
 

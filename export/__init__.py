@@ -8,6 +8,8 @@ Modules, in the order an export runs through them:
 - ``precision``      FP32 ONNX -> FP16 graph, or calibrated INT8 Q/DQ graph
 - ``samples``        which images calibrate and verify, read exactly as in training
 - ``verify``         artefact vs PyTorch: parity, and screening metrics on the validation split
-- ``tensorrt_build`` ONNX -> TensorRT plan; ``check_plan_compat`` for plans from elsewhere
-- ``artefact``       the sidecar ``<artefact>.json`` and ``read_card`` (used by the engine)
+- ``tensorrt_build`` ONNX -> TensorRT plan
+
+What an artefact is (tensor names, the sidecar, ``read_card``, ``check_plan_compat``) lives in
+:mod:`dcx.core.artefact`, where the engine reads it too.
 """

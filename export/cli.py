@@ -5,9 +5,9 @@ from pathlib import Path
 
 import click
 
-from dcx.train.errors import DcxError
+from dcx.core.errors import Command, DcxError
 
-from .artefact import PRECISIONS
+from dcx.core.artefact import PRECISIONS
 from .pipeline import ExportRequest, run_export
 
 EPILOG = """\b
@@ -41,7 +41,7 @@ def newest_checkpoint(root: Path) -> Path:
     return max(found, key=lambda p: (p.stat().st_mtime, str(p)))
 
 
-@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=Command, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("source", metavar="[CKPT|MODEL.onnx]", required=False, type=click.Path(path_type=Path))
 @click.option("--precision", type=click.Choice(PRECISIONS),
               help="Graph precision (required for a checkpoint; an ONNX input keeps its own).")

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from dcx.train.card import ModelCard
-from dcx.train.errors import DcxError
-from dcx.train.files import atomic_path, write_json
-from dcx.train.models import DcxNet
+from dcx.core.card import ModelCard
+from dcx.core.errors import DcxError
+from dcx.core.files import atomic_path, write_json
+from dcx.core.models import DcxNet
 
-from .artefact import CARD_KEY, INPUT_NAME, OUTPUT_NAMES, PRECISION_KEY, sha256_file, sidecar_path
+from dcx.core.artefact import CARD_KEY, INPUT_NAME, OUTPUT_NAMES, PRECISION_KEY, sha256_file, sidecar_path
 
 DEFAULT_OPSET = 17
 
@@ -110,5 +110,5 @@ def describe_io(proto) -> dict:
     inputs = [describe(v) for v in proto.graph.input]
     if len(inputs) != 1 or inputs[0]["name"] != INPUT_NAME:
         raise DcxError(f"expected one graph input named {INPUT_NAME!r}, found {[i['name'] for i in inputs]}")
-    return {"input": {**inputs[0], "contract": "unit gray [0,1], letterboxed (dcx.train.preprocess)"},
+    return {"input": {**inputs[0], "contract": "unit gray [0,1], letterboxed (dcx.core.preprocess)"},
             "outputs": [describe(v) for v in proto.graph.output]}

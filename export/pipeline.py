@@ -17,14 +17,13 @@ from typing import Callable
 
 import torch
 
-from dcx.train.card import ModelCard, load_checkpoint
-from dcx.train.errors import DcxError
-from dcx.train.models import DcxNet, create_model
+from dcx.core.artefact import PRECISIONS, read_card, read_precision, sha256_file, sidecar_path, update_sidecar
+from dcx.core.card import ModelCard, load_model
+from dcx.core.errors import DcxError
+from dcx.core.models import DcxNet
+from dcx.engine.backends import open_backend
 
-from . import precision as precision_mod
-from . import samples as samples_mod
-from . import verify
-from .artefact import PRECISIONS, read_card, read_precision, sha256_file, sidecar_path, update_sidecar
+from . import precision as precision_mod, samples as samples_mod, verify
 from .onnx_export import export_onnx, save_onnx_artefact
 from .tensorrt_build import EXIT_PLAN_NOT_BUILT, build_plan, tensorrt_unavailable_reason
 
@@ -111,18 +110,6 @@ def _refuse_existing(req: ExportRequest, paths: list[Path]) -> None:
         raise DcxError(f"{existing[0]} exists; pass --force to overwrite it")
 
 
-def load_model(checkpoint: Path) -> tuple[DcxNet, ModelCard]:
-    """The trained model of a dcx checkpoint, in eval mode; one-line errors for foreign files."""
-    card, state_dict, _ = load_checkpoint(checkpoint)
-    model = create_model(card.arch, len(card.classes), weights="none")
-    try:
-        model.load_state_dict(state_dict)
-    except Exception as exc:  # mismatched keys or shapes: a card that lies about its weights
-        raise DcxError(f"{checkpoint}: its weights do not fit a {card.arch} with {len(card.classes)} classes "
-                       f"({str(exc).splitlines()[0][:160]})") from exc
-    return model.eval(), card
-
-
 def _write_onnx(req: ExportRequest, model: DcxNet, card: ModelCard, echo) -> Path:
     source = {"checkpoint": os.fspath(req.source), "checkpoint_sha256": sha256_file(req.source)}
     if req.precision == "fp32":
@@ -177,7 +164,7 @@ class _Verification:
     def run(self, candidate, reference, name: str, reference_name: str, label: str, *, exact: bool) -> dict:
         images, what = self._parity_images()
         parity = verify.parity(reference, candidate, images)
-        self.echo(f"{name} vs {reference_name} on {what}: max |delta p| {parity['max_abs_dprob']:.2e}, "
+        self.echo(f"{name} vs {reference_name} on {what}: max |delta p| {parity['max_abs_delta_p']:.2e}, "
                   f"argmax agreement {parity['argmax_agreement']:.1%}")
         result = {"reference": reference_name, "parity": {**parity, "images": what}}
         if exact:
@@ -215,8 +202,6 @@ class _Verification:
 
 
 def _verify_onnx(check: _Verification, onnx_path: Path, reference, precision: str) -> None:
-    from dcx.engine.backends import open_backend
-
     with open_backend(onnx_path, device="cpu") as backend:
         result = check.run(backend.infer, reference, "ONNX Runtime", "PyTorch", onnx_path.name,
                            exact=precision == "fp32")
@@ -224,9 +209,7 @@ def _verify_onnx(check: _Verification, onnx_path: Path, reference, precision: st
 
 
 def _verify_plan(check: _Verification, plan: Path, reference, reference_name: str) -> None:
-    from dcx.engine.backends import open_backend
-
-    with open_backend(plan, device="cuda") as backend:
+    with open_backend(plan, device="gpu") as backend:
         result = check.run(backend.infer, reference, "TensorRT", reference_name, plan.name, exact=False)
     update_sidecar(plan, verification={"tensorrt": result})
 
@@ -255,8 +238,6 @@ def _plan_from_onnx(req: ExportRequest, echo, warn) -> Path:
                        f"{finish_command(req, req.source)} on a machine that has both", exit_code=EXIT_PLAN_NOT_BUILT)
     check = _Verification(card, samples_mod.evaluation_samples(card, req.eval_data), req.strict, echo, warn)
     plan = _build(req, req.source, echo)
-    from dcx.engine.backends import open_backend
-
     with open_backend(req.source, device="cpu") as onnx_runtime:
         _verify_plan(check, plan, onnx_runtime.infer, "ONNX Runtime")
     return plan

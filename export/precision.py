@@ -1,6 +1,6 @@
 """FP32 ONNX -> the FP16 and INT8 graphs TensorRT builds from (precision lives in the graph).
 
-TensorRT 11 is strongly typed: an engine's precision is that of its ONNX tensors (GUIDE s1).
+TensorRT 11 is strongly typed: an engine's precision is that of its ONNX tensors.
 
 - **FP16**: every float tensor and weight in half precision, with float32 ``image``/``probs``/
   ``cam`` at the edges (``keep_io_types``), so callers never change (onnxconverter-common).
@@ -9,22 +9,8 @@ TensorRT 11 is strongly typed: an engine's precision is that of its ONNX tensors
   activations, per-channel weights, float biases -- the form TensorRT consumes. Q/DQ sits only
   in front of compute ops, so ``probs`` and ``cam`` come out of float ops.
 
-Calibration method, measured (resnet18 trained from scratch on 210 real radiographs at 128 px,
-calibrated on those 210 training images, compared with PyTorch FP32 on 90 held-out images):
-
-===================  =========  ========  ==============  ===============  ==========
-method               mean |dp|  max |dp|  decisions agree argmax agrees    calib time
-===================  =========  ========  ==============  ===============  ==========
-MinMax               0.0111     0.070     96.7 %          95.6 %           1x
-Percentile 99.999    0.0072     0.051     95.6 %          97.8 %           ~1.9x
-Percentile 99.99     0.0098     0.056     98.9 %          98.9 %           ~1.6x
-===================  =========  ========  ==============  ===============  ==========
-
-Entropy is not listed: through ``quantize_static`` (onnxruntime 1.31) it uses 128 histogram
-bins for 128 quantized bins, so its search has one candidate and it reproduces MinMax exactly
-(measured: identical numbers). Percentile 99.999 gives the smallest probability error; the
-decision flips (1-4 of 90) are images within a few hundredths of the threshold and differ by
-one or two images between methods, within noise at this size.
+The calibration method (percentile 99.999) was chosen by measurement; the comparison with
+MinMax and Entropy is in ``benchmarks/README.md`` ("INT8 calibration method").
 """
 from __future__ import annotations
 
@@ -39,9 +25,8 @@ from typing import Iterable
 
 import numpy as np
 
-from dcx.train.errors import DcxError
-
-from .artefact import INPUT_NAME
+from dcx.core.artefact import INPUT_NAME
+from dcx.core.errors import DcxError
 
 #: name -> (onnxruntime CalibrationMethod, quantize_static extra options)
 CALIBRATION_METHODS = {
@@ -49,7 +34,7 @@ CALIBRATION_METHODS = {
     "entropy": ("Entropy", {}),
     "percentile": ("Percentile", {"CalibPercentile": 99.999}),
 }
-#: The one used by dcx-export (measured; see the module docstring).
+#: The one used by dcx-export (measured; benchmarks/README.md).
 CALIBRATION_METHOD = "percentile"
 
 #: Ops whose *inputs* get Q/DQ; outputs are never quantized, so probabilities and CAM stay float.

@@ -23,10 +23,10 @@ from typing import Iterator
 
 import torch
 
+from dcx.core.card import ModelCard
 from dcx.core.progress import Progress
-from dcx.train.card import ModelCard
 from dcx.train.data import ImageDataset, Sample, collate_skipping, read_samples
-from dcx.train.errors import DcxError
+from dcx.core.errors import DcxError
 
 BATCH_SIZE = 32
 

@@ -3,12 +3,12 @@
 TensorRT is imported lazily, only here, so every other part of dcx works without it.
 Precision comes from the ONNX graph (FP16 tensors, Q/DQ INT8) because the network is
 strongly typed: on TensorRT 10 through ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``,
-on TensorRT 11 always (the flag is deprecated and ignored there; GUIDE s1).
+on TensorRT 11 always (the flag is deprecated and ignored there).
 
 A plan is only valid for the GPU model and TensorRT version that built it, and it carries no
 model card, so its sidecar ``<plan>.json`` records both the card and the build environment;
-:func:`check_plan_compat` refuses a plan from another GPU or TensorRT version *before*
-TensorRT deserializes it (a mismatched plan can take the process down instead of failing).
+:func:`dcx.core.artefact.check_plan_compat` refuses a plan from another GPU or TensorRT
+version *before* TensorRT deserializes it (a mismatched plan can take the process down).
 
 The timing cache (measured kernel timings) persists across builds: per TensorRT version and
 GPU under ``$DCX_CACHE_DIR`` (default ``~/.cache/dcx``), so the second build of any model on
@@ -20,10 +20,9 @@ import os
 import time
 from pathlib import Path
 
-from dcx.train.errors import DcxError
-from dcx.train.files import atomic_path, write_json
-
-from .artefact import INPUT_NAME, read_sidecar, sha256_file, sidecar_path
+from dcx.core.artefact import INPUT_NAME, build_environment, read_sidecar, sha256_file, sidecar_path
+from dcx.core.errors import DcxError
+from dcx.core.files import atomic_path, write_json
 
 #: Exit status of dcx-export when the ONNX artefacts were written but the plan could not be built.
 EXIT_PLAN_NOT_BUILT = 3
@@ -40,16 +39,6 @@ def tensorrt_unavailable_reason() -> str | None:
     if not torch.cuda.is_available():
         return "PyTorch sees no CUDA device"
     return None
-
-
-def build_environment() -> dict:
-    """TensorRT version and the GPU a plan built now is tied to."""
-    import tensorrt as trt
-    import torch
-
-    major, minor = torch.cuda.get_device_capability()
-    return {"version": trt.__version__, "gpu_name": torch.cuda.get_device_name(),
-            "compute_capability": f"{major}.{minor}"}
 
 
 def default_timing_cache(environment: dict) -> Path:
@@ -118,27 +107,3 @@ def _strongly_typed_flags(trt) -> int:
 def _write_bytes_atomic(path: Path, data) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(memoryview(data))
-
-
-def check_plan_compat(plan: str | os.PathLike | dict, *, current: dict | None = None) -> None:
-    """Refuse a plan built for another GPU or TensorRT version, naming both.
-
-    ``plan`` is the plan's path (its sidecar is read) or the sidecar dict; ``current`` is
-    this machine's :func:`build_environment` (computed when omitted).
-    """
-    sidecar = plan if isinstance(plan, dict) else read_sidecar(plan)
-    name = "this plan" if isinstance(plan, dict) else Path(plan).name
-    built = (sidecar or {}).get("tensorrt")
-    if not built:
-        raise DcxError(f"{name} has no TensorRT build record in its sidecar; rebuild it with dcx-export")
-    current = current or build_environment()
-    mismatches = [label for key, label in (("version", "TensorRT version"), ("gpu_name", "GPU"),
-                                           ("compute_capability", "compute capability"))
-                  if str(built.get(key)) != str(current.get(key))]
-    if mismatches:
-        source = (sidecar.get("artefact") or {}).get("source_onnx", "MODEL.onnx")
-        raise DcxError(
-            f"{name} was built with TensorRT {built.get('version')} for {built.get('gpu_name')} "
-            f"(sm {built.get('compute_capability')}) but this machine has TensorRT {current.get('version')} and "
-            f"{current.get('gpu_name')} (sm {current.get('compute_capability')}); plans only run where they were "
-            f"built: rebuild here with dcx-export {source} --out {name}")

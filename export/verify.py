@@ -10,23 +10,24 @@ Two checks, both against the FP32 PyTorch model as reference:
   (1 percentage point) is a warning with the numbers, an error under ``--strict``.
 
 The artefact runs through the engine's own backends (:func:`dcx.engine.backends.open_backend`),
-so what is verified is what the engine serves.
+so what is verified is what the engine serves; the comparison itself is :mod:`dcx.core.compare`.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
-from dcx.train import metrics
-from dcx.train.card import ModelCard
-from dcx.train.errors import DcxError
-from dcx.train.models import DcxNet
+from dcx.core import compare
+from dcx.core.card import ModelCard
+from dcx.core.errors import DcxError
+from dcx.core.models import DcxNet
 
 FP32_PROB_TOLERANCE = 1e-4
 ACCURACY_TOLERANCE = 0.01
+#: The screening metrics whose delta is held to :data:`ACCURACY_TOLERANCE`.
+GATED = ("sensitivity", "specificity", "auc")
 
 Runner = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]
 
@@ -52,17 +53,17 @@ def sample_images(card: ModelCard, n: int = 8, *, seed: int = 0) -> torch.Tensor
 
 
 def parity(reference: Runner, candidate: Runner, images: torch.Tensor) -> dict:
-    """max |delta p| and argmax agreement of ``candidate`` vs ``reference`` on ``images``."""
+    """max |delta p| over every class probability, and argmax agreement, of ``candidate`` vs ``reference``."""
     ref, _ = reference(images)
     got, _ = candidate(images)
-    return {"n": int(len(images)), "max_abs_dprob": float(np.max(np.abs(ref - got))),
+    return {"n": int(len(images)), **compare.delta_p(ref.ravel(), got.ravel()),
             "argmax_agreement": float(np.mean(ref.argmax(1) == got.argmax(1)))}
 
 
 def check_fp32_parity(report: dict, label: str) -> None:
     """An FP32 artefact is the same function as the model: outside tolerance is a failed export."""
-    if not report["max_abs_dprob"] <= FP32_PROB_TOLERANCE:
-        raise DcxError(f"{label} does not match PyTorch: max |delta p| {report['max_abs_dprob']:.2e} > "
+    if not report["max_abs_delta_p"] <= FP32_PROB_TOLERANCE:
+        raise DcxError(f"{label} does not match PyTorch: max |delta p| {report['max_abs_delta_p']:.2e} > "
                        f"{FP32_PROB_TOLERANCE:.0e} (argmax agreement {report['argmax_agreement']:.1%} "
                        f"on {report['n']} images)")
 
@@ -79,49 +80,29 @@ def accuracy(reference: Runner, candidate: Runner, card: ModelCard,
         raise DcxError("no evaluation image could be read")
     ref, got, y = np.concatenate(ref_p), np.concatenate(got_p), np.asarray(labels)
     k, t = card.positive_index, card.threshold
-    summary = {name: _screening(y, p[:, k], t) for name, p in (("reference", ref), ("artefact", got))}
-    report = {"n": int(len(y)), "positives": int(y.sum()), "threshold": t, **summary}
-    for key in ("sensitivity", "specificity", "auc"):
-        report[f"delta_{key}"] = _delta(summary["artefact"][key], summary["reference"][key])
-    report["decision_agreement"] = float(np.mean((ref[:, k] >= t) == (got[:, k] >= t)))
-    report["argmax_agreement"] = float(np.mean(ref.argmax(1) == got.argmax(1)))
-    report["max_abs_dprob"] = float(np.max(np.abs(ref - got)))
-    return report
-
-
-def _screening(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
-    op = metrics.operating_point(y, p, threshold)
-    both_classes = 0 < y.sum() < len(y)
-    return {"sensitivity": _finite(op["sensitivity"]), "specificity": _finite(op["specificity"]),
-            "auc": _finite(metrics.roc_auc(y, p)) if both_classes else None}
-
-
-def _finite(x: float) -> float | None:
-    """NaN (no positives, say) becomes None: JSON has no NaN, and 'not measurable' is the truth."""
-    return None if x is None or math.isnan(x) else float(x)
-
-
-def _delta(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a - b
+    sides = {"reference": compare.screening(y, ref[:, k], t), "candidate": compare.screening(y, got[:, k], t)}
+    return {"n": int(len(y)), "positives": int(y.sum()), "threshold": t, **sides,
+            "deltas": compare.deltas(sides["reference"], sides["candidate"]),
+            "agreement": compare.agreement(ref[:, k], t, got[:, k], t),
+            "argmax_agreement": float(np.mean(ref.argmax(1) == got.argmax(1)))}
 
 
 def accuracy_problems(report: dict) -> list[str]:
-    """Human sentences for every delta beyond :data:`ACCURACY_TOLERANCE` (empty when fine)."""
-    problems = []
-    for key in ("sensitivity", "specificity", "auc"):
-        delta = report[f"delta_{key}"]
-        if delta is not None and abs(delta) > ACCURACY_TOLERANCE:
-            problems.append(f"{key} {report['artefact'][key]:.4f} vs PyTorch {report['reference'][key]:.4f} "
-                            f"({100 * delta:+.2f} points)")
-    return problems
+    """Human sentences for every measurable delta beyond :data:`ACCURACY_TOLERANCE` (empty when fine)."""
+    measurable = tuple(key for key in GATED if report["deltas"][key] is not None)
+    failed = [g for g in compare.gates(report["deltas"], report["agreement"], tolerance=ACCURACY_TOLERANCE,
+                                       metrics_gated=measurable) if not g["passed"]]
+    return [f"{key} {report['candidate'][key]:.4f} vs PyTorch {report['reference'][key]:.4f} "
+            f"({100 * report['deltas'][key]:+.2f} points)"
+            for key in measurable if any(g["name"] == f"|delta {key}|" for g in failed)]
 
 
 def describe(report: dict) -> str:
     """One line for the terminal."""
     parts = [f"n={report['n']}"]
-    for key in ("sensitivity", "specificity", "auc"):
-        delta = report[f"delta_{key}"]
+    for key in GATED:
+        delta = report["deltas"][key]
         parts.append(f"delta {key} " + ("n/a" if delta is None else f"{100 * delta:+.2f} pts"))
-    parts.append(f"decisions agree {report['decision_agreement']:.1%}")
-    parts.append(f"max |delta p| {report['max_abs_dprob']:.2e}")
+    parts.append(f"decisions agree {report['agreement']['flag_agreement']:.1%}")
+    parts.append(f"max |delta p| {report['agreement']['max_abs_delta_p']:.2e}")
     return ", ".join(parts)

@@ -1,2 +1,3 @@
-"""Training side of dcx: the preprocessing contract, the model registry, the model card,
-metrics, synthetic radiographs, and the dcx-train / dcx-eval / dcx-synth commands."""
+"""Training side of dcx: data and splits, training, evaluation, synthetic radiographs, and the
+dcx-train / dcx-eval / dcx-synth commands. What a trained model *is* (card, registry,
+preprocessing contract, metrics) lives in :mod:`dcx.core`."""

@@ -32,8 +32,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from .errors import DcxError
-from .preprocess import read_unit_gray
+from dcx.core.errors import DcxError
+from dcx.core.reader import read_unit_gray
 
 SPLITS = ("train", "val", "test")
 MANIFEST_NAME = "manifest.csv"

@@ -6,17 +6,17 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .card import load_checkpoint
+from dcx.core.card import load_checkpoint
 from .data import SPLITS, read_samples
-from .errors import DcxError
+from dcx.core.errors import Command, DcxError
 from .evaluate import format_ci, format_metric, predict_samples, summarize, sweep_markdown, write_predictions
-from .files import write_json
+from dcx.core.files import write_json
 from .plots import plot_confusion, plot_pr, plot_roc
 
 OUTPUTS = ("metrics.json", "threshold_sweep.md", "predictions.csv", "roc.png", "pr.png", "confusion.png")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--data", required=True, help="Class folders, a CSV manifest (path,label[,split][,patient_id]) "
                                             "or a training run's splits/test.csv.")

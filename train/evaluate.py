@@ -16,9 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics
-from .card import ModelCard
-from .errors import DcxError
+from dcx.core import metrics
+from dcx.core.card import ModelCard, build_model
+from dcx.core.devices import torch_device
+from dcx.core.errors import DcxError
+
+from .data import ImageDataset, collate_skipping
+from .trainer import default_workers, predict
 
 #: The Deep-COVID paper's sweep; :func:`summarize` adds the card's own threshold.
 SWEEP_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -30,7 +34,7 @@ def summarize(y_true_labels, probs, card: ModelCard) -> dict:
     Returns a JSON-ready dict: the positive class's AUC, average precision and operating point at
     the card's threshold (with 95% Wilson CIs), the threshold sweep, the arg-max confusion matrix,
     per-class precision/recall/F1 and one-vs-rest AUCs. NaN (undefined, e.g. no positives) is
-    kept as float NaN here; :func:`dcx.train.files.write_json` writes it as ``null``.
+    kept as float NaN here; :func:`dcx.core.files.write_json` writes it as ``null``.
     """
     labels = [str(label) for label in y_true_labels]
     probs = np.asarray(probs, dtype=np.float64)
@@ -112,17 +116,8 @@ def predict_samples(card: ModelCard, state_dict: dict, samples: list, *, batch_s
     import torch
     from torch.utils.data import DataLoader
 
-    from .data import ImageDataset, collate_skipping
-    from .models import create_model
-    from .trainer import default_workers, predict
-
-    model = create_model(card.arch, len(card.classes))
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as exc:
-        raise DcxError(f"checkpoint weights do not fit {card.arch} with {len(card.classes)} classes: "
-                       f"{str(exc).splitlines()[0]}") from exc
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_model(card, state_dict)
+    device = torch_device("auto")
     model.to(device)
     workers = default_workers() if workers is None else workers
     loader = DataLoader(ImageDataset(samples, card.classes, card.preprocess()), batch_size=batch_size,

@@ -23,11 +23,12 @@ from pathlib import Path
 
 import click
 
-from .card import load_checkpoint
+from dcx.core.card import load_checkpoint
+from dcx.core.errors import DcxError
+from dcx.core.files import atomic_path, write_json
+
 from .data import Sample, assign_folds, read_samples, write_manifest
-from .errors import DcxError
 from .evaluate import predict_samples, summarize
-from .files import atomic_path, write_json
 from .trainer import BEST, LAST, TrainConfig, train
 
 PLAN, CONFIG, SUMMARY, FOLD_METRICS = "folds.csv", "folds-config.json", "folds.json", "fold-metrics.json"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics
+from dcx.core import metrics
 from .evaluate import format_metric
 
 

@@ -1,6 +1,6 @@
 """Train and eval transforms, as small presets (torchvision ``references/classification`` style).
 
-Both take the unit-gray image from :func:`dcx.train.preprocess.read_unit_gray` and return the
+Both take the unit-gray image from :func:`dcx.core.reader.read_unit_gray` and return the
 float32 tensor (1, size, size) the model sees. Evaluation is exactly the preprocessing
 contract. Training perturbs it only in ways a radiograph can really vary -- framing, a slight
 tilt, exposure -- and ends in the same letterbox, so the model never learns a geometry the
@@ -15,7 +15,7 @@ import torch
 import torchvision.transforms as T
 import torchvision.transforms.v2.functional as TF
 
-from .preprocess import Preprocess, as_tensor, letterbox
+from dcx.core.preprocess import Preprocess, as_tensor, letterbox
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DcxError
+from dcx.core.errors import DcxError
 
 PATTERNS = ("covid", "normal", "pneumonia")
 FORMATS = ("png", "jpg", "dcm")

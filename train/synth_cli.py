@@ -6,6 +6,8 @@ import time
 
 import click
 
+from dcx.core.errors import Command
+
 from .synth import FORMATS, PATTERNS, write_archive
 
 
@@ -13,7 +15,7 @@ def _csv_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--n", "n", type=int, default=300, show_default=True, help="Number of images, split evenly over the classes.")
 @click.option("--classes", default=",".join(PATTERNS), show_default=True,

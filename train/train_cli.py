@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import click
 
+from dcx.core.card import load_checkpoint
+from dcx.core.devices import DEVICE_CHOICES, check_device
+from dcx.core.errors import Command, DcxError
+from dcx.core.models import list_models
+
 from . import folds as folds_mod
-from .card import load_checkpoint
-from .errors import DcxError
-from .models import list_models
 from .trainer import TrainConfig, TrainingInterrupted, default_workers, train
 
 _DEFAULTS = TrainConfig(data="", out="")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--data", help="Class folders (DIR/<class>/<images>, or DIR/manifest.csv) or a CSV manifest "
                              "path,label[,split][,patient_id].")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder to create (or resume).")
@@ -39,8 +41,9 @@ _DEFAULTS = TrainConfig(data="", out="")
               help="Held out for dcx-eval; never seen in training or threshold choice.")
 @click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True, help="Splits, initialisation, shuffling.")
 @click.option("--workers", type=int, default=None, help=f"Image loader processes [default: min(4, CPUs) = {default_workers()}].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto picks CUDA when present (with bf16/fp16 mixed precision); CPU works, slowly.")
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
+              callback=lambda ctx, param, value: check_device(value),
+              help="gpu: an NVIDIA GPU through CUDA (cuda is the same); auto picks it when present (with bf16/fp16 mixed precision); CPU works, slowly.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt with its saved settings "
                                              "(only --workers and --device are taken from this command).")
 @click.option("--folds", type=click.IntRange(min=2), default=None,

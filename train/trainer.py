@@ -32,15 +32,16 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from dcx.core import metrics
+from dcx.core.card import ModelCard, load_checkpoint, save_checkpoint
+from dcx.core.devices import torch_device
 from dcx.core.progress import Progress
 
-from . import metrics
-from .card import ModelCard, load_checkpoint, save_checkpoint
 from .data import (SPLITS, EpochSampler, ImageDataset, Sample, check_trainable, class_counts, collate_skipping, data_fingerprint,
                    inverse_frequency_weights, read_samples, split_samples, write_manifest)
-from .errors import DcxError
-from .files import usable_cores, write_json
-from .models import create_model
+from dcx.core.errors import DcxError
+from dcx.core.files import usable_cores, write_json
+from dcx.core.models import create_model
 from .presets import EvalPreset, TrainPreset
 
 BEST, LAST, CARD, HISTORY, LOG, SPLITS_DIR = "best.pt", "last.pt", "card.json", "history.jsonl", "train.log", "splits"
@@ -146,7 +147,7 @@ class Run:
         self.out = Path(config.out)
         self.classes = card.classes
         self.positive_index = card.positive_index
-        self.device = _device(config.device)
+        self.device = torch_device(config.device)
         cuda = self.device.type == "cuda"
         self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
         workers = default_workers() if config.workers is None else config.workers
@@ -382,14 +383,6 @@ def _cpu_state(model: nn.Module) -> dict:
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DcxError("--device cuda: torch sees no CUDA device here; use --device cpu or auto")
-    return torch.device(name)
-
-
 def _describe_weights(config: TrainConfig) -> str:
     start = {"imagenet": "ImageNet weights", "none": "from scratch"}.get(config.weights, f"weights {config.weights}")
     return f"{start}, {'backbone frozen' if config.freeze_backbone else 'full fine-tuning'}"
@@ -407,7 +400,7 @@ def _check_config(c: TrainConfig) -> None:
         raise DcxError("--epochs and --batch-size must be at least 1, --img-size at least 16, --lr positive")
     if not 0 < c.target_sensitivity <= 1:
         raise DcxError(f"--target-sensitivity {c.target_sensitivity} must be in (0, 1]")
-    _device(c.device)
+    torch_device(c.device)
 
 
 def _check_validation(val: list[Sample], positive: str) -> None:

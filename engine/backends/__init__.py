@@ -23,9 +23,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dcx.train.errors import DcxError
+from dcx.core.artefact import read_card
+from dcx.core.card import load_checkpoint
+from dcx.core.devices import check_device
+from dcx.core.errors import DcxError
 
-from .base import DEVICES, Backend
+from .base import Backend
 
 __all__ = ["Backend", "open_backend", "read_engine_card", "BACKEND_BY_SUFFIX"]
 
@@ -33,7 +36,7 @@ BACKEND_BY_SUFFIX = {".plan": "tensorrt", ".engine": "tensorrt", ".onnx": "onnxr
 
 
 def open_backend(path: str | os.PathLike, *, device: str = "auto", threads: int | None = None) -> Backend:
-    """Load the model at ``path`` on ``device`` (auto, cpu or cuda) and return its backend.
+    """Load the model at ``path`` on ``device`` (auto, cpu or gpu: :mod:`dcx.core.devices`) and return its backend.
 
     ``threads`` caps CPU threads (ONNX Runtime intra-op pool, or PyTorch's process-wide
     pool); None uses every core this process may run on. Raises :class:`DcxError` with one
@@ -46,8 +49,7 @@ def open_backend(path: str | os.PathLike, *, device: str = "auto", threads: int 
                        f"{', '.join(BACKEND_BY_SUFFIX)} (TensorRT plan, ONNX, dcx-train checkpoint)")
     if not path.is_file():
         raise DcxError(f"model file not found: {path}")
-    if device not in DEVICES:
-        raise DcxError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+    device = check_device(device)
     if kind == "tensorrt":
         from .tensorrt_backend import TensorRTBackend as cls
     elif kind == "onnxruntime":
@@ -58,13 +60,9 @@ def open_backend(path: str | os.PathLike, *, device: str = "auto", threads: int 
 
 
 def read_engine_card(path: str | os.PathLike):
-    """The :class:`~dcx.train.card.ModelCard` of a model file without loading the model (a
+    """The :class:`~dcx.core.card.ModelCard` of a model file without loading the model (a
     Ray driver or a benchmark may have no GPU for a plan): a checkpoint's own, else the
     export sidecar's or ONNX metadata's."""
     if Path(path).suffix.lower() == ".pt":
-        from dcx.train.card import load_checkpoint
-
         return load_checkpoint(path)[0]
-    from dcx.export.artefact import read_card
-
     return read_card(path)

@@ -2,8 +2,8 @@
 
 A backend is opened on a model file, serves ``infer`` calls, and is closed -- best as a
 context manager. Whatever runs underneath (TensorRT, ONNX Runtime, PyTorch), a call takes
-the preprocessed batch of :mod:`dcx.train.preprocess` and returns the outputs of
-:meth:`dcx.train.models.DcxNet.scores_and_cam`: softmax probabilities and the positive
+the preprocessed batch of :mod:`dcx.core.preprocess` and returns the outputs of
+:meth:`dcx.core.models.DcxNet.scores_and_cam`: softmax probabilities and the positive
 class's activation map, as float32 NumPy arrays. The engine never needs to know which
 backend it talks to.
 """
@@ -14,10 +14,7 @@ import abc
 import numpy as np
 import torch
 
-from dcx.train.card import ModelCard
-from dcx.train.errors import DcxError
-
-DEVICES = ("auto", "cpu", "cuda")
+from dcx.core.card import ModelCard
 
 
 class Backend(abc.ABC):
@@ -82,13 +79,3 @@ class Backend(abc.ABC):
         return (f"<{type(self).__name__} {self.card.arch} {self.precision} on {self.device}"
                 f"{' (closed)' if self._closed else ''}>")
 
-
-def torch_device(device: str) -> torch.device:
-    """``auto`` -> the CUDA device when PyTorch sees one, else the CPU; ``cuda`` must exist."""
-    if device not in DEVICES:
-        raise DcxError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DcxError("device cuda: PyTorch sees no CUDA device on this machine; use device cpu")
-    return torch.device(device)

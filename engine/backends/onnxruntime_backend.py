@@ -18,9 +18,9 @@ import os
 import numpy as np
 import torch
 
-from dcx.export.artefact import INPUT_NAME, OUTPUT_NAMES, read_card, read_precision
-from dcx.train.errors import DcxError
-from dcx.train.files import usable_cores
+from dcx.core.artefact import INPUT_NAME, OUTPUT_NAMES, read_card, read_precision
+from dcx.core.errors import DcxError
+from dcx.core.files import usable_cores
 
 from .base import Backend
 
@@ -36,8 +36,8 @@ class OnnxRuntimeBackend(Backend):
         self.card = read_card(path)
         self.precision = read_precision(path)
         cuda = device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
-        if device == "cuda" and not cuda:
-            raise DcxError("device cuda: ONNX Runtime needs onnxruntime-gpu (pip install 'dcx[gpu]') and a "
+        if device == "gpu" and not cuda:
+            raise DcxError("device gpu: ONNX Runtime needs onnxruntime-gpu (pip install 'dcx[gpu]') and a "
                            "CUDA device PyTorch can see; use device cpu")
         if cuda:
             self.device = torch.device("cuda", torch.cuda.current_device())

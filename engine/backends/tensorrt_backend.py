@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dcx.export.artefact import INPUT_NAME, OUTPUT_NAMES, read_card, read_sidecar
-from dcx.train.errors import DcxError
+from dcx.core.artefact import INPUT_NAME, OUTPUT_NAMES, check_plan_compat, read_card, read_sidecar
+from dcx.core.errors import DcxError
 
 from .base import Backend
 
@@ -49,8 +49,6 @@ class TensorRTBackend(Backend):
         trt = import_tensorrt()
         if not torch.cuda.is_available():
             raise DcxError(NO_TENSORRT)
-        from dcx.export.tensorrt_build import check_plan_compat
-
         self.card = read_card(path)
         check_plan_compat(path)
         self.precision = (read_sidecar(path) or {}).get("artefact", {}).get("precision", "unknown")

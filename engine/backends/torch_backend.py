@@ -22,11 +22,10 @@ import os
 import numpy as np
 import torch
 
-from dcx.train.card import load_checkpoint
-from dcx.train.errors import DcxError
-from dcx.train.models import create_model
+from dcx.core.card import load_model
+from dcx.core.devices import torch_device
 
-from .base import Backend, torch_device
+from .base import Backend
 
 
 class TorchBackend(Backend):
@@ -34,17 +33,11 @@ class TorchBackend(Backend):
     precision = "fp32"
 
     def __init__(self, path: str | os.PathLike, *, device: str = "auto", threads: int | None = None):
-        self.card, state_dict, _ = load_checkpoint(path)
+        model, self.card = load_model(path)
         self.device = torch_device(device)
         if threads:
             torch.set_num_threads(threads)  # process-wide: PyTorch has no per-model pool
-        model = create_model(self.card.arch, len(self.card.classes))
-        try:
-            model.load_state_dict(state_dict)
-        except RuntimeError as exc:
-            raise DcxError(f"{path}: weights do not fit {self.card.arch} with {len(self.card.classes)} "
-                           f"classes ({str(exc).splitlines()[0]})") from exc
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device)
 
     def _infer(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():

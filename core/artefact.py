@@ -1,0 +1,148 @@
+"""What travels with every exported model: the sidecar ``<artefact>.json`` and the ONNX metadata.
+
+An artefact (``m.onnx`` or ``m.plan``) is useless without its model card (classes, positive
+class, threshold, input contract), so the card is written twice: as ONNX metadata under
+:data:`CARD_KEY`, and in the sidecar ``<artefact>.json`` beside it::
+
+    {"card": {...ModelCard...},
+     "artefact": {"precision", "onnx_sha256", "opset", "input", "outputs", ...},
+     "verification": {...}, "calibration": {...}, "tensorrt": {...}}   # when they apply
+
+A plan file cannot carry metadata, so for plans the sidecar is the only source of truth; it
+also records the GPU and TensorRT version the plan was built for, which
+:func:`check_plan_compat` holds against this machine before a runtime loads the plan.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from .card import ModelCard
+from .errors import DcxError
+from .files import write_json
+
+CARD_KEY = "dcx.card"
+PRECISION_KEY = "dcx.precision"
+PRECISIONS = ("fp32", "fp16", "int8")
+
+#: Tensor names shared by the ONNX graph, the TensorRT plan and the engine.
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("probs", "cam")
+
+
+def sidecar_path(artefact: str | os.PathLike) -> Path:
+    """``m.onnx`` -> ``m.onnx.json`` (the extension is kept so m.onnx and m.plan never collide)."""
+    artefact = Path(artefact)
+    return artefact.with_name(artefact.name + ".json")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_sidecar(artefact: str | os.PathLike) -> dict | None:
+    """The sidecar of ``artefact`` as a dict, or None when there is none."""
+    path = sidecar_path(artefact)
+    if not path.is_file():
+        return None
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DcxError(f"{path} is not a readable dcx sidecar ({type(exc).__name__})") from exc
+    if not isinstance(payload, dict) or not isinstance(payload.get("card"), dict):
+        raise DcxError(f"{path} is not a dcx sidecar (no 'card')")
+    return payload
+
+
+def update_sidecar(artefact: str | os.PathLike, **sections) -> Path:
+    """Merge top-level ``sections`` (e.g. verification=...) into the existing sidecar."""
+    payload = read_sidecar(artefact)
+    if payload is None:
+        raise DcxError(f"{sidecar_path(artefact)} is missing; export the artefact first")
+    payload.update(sections)
+    return write_json(sidecar_path(artefact), payload)
+
+
+def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """metadata_props of an ONNX file, read without loading the weights into memory twice."""
+    import onnx
+
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as exc:
+        raise DcxError(f"{os.fspath(path)} is not a readable ONNX file ({type(exc).__name__})") from exc
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def read_card(artefact: str | os.PathLike) -> ModelCard:
+    """The model card of an exported artefact: from its sidecar, else from ONNX metadata.
+
+    The engine calls this for ``.onnx`` and ``.plan`` files alike.
+    """
+    artefact = Path(artefact)
+    if not artefact.is_file():
+        raise DcxError(f"model artefact not found: {artefact}")
+    payload = read_sidecar(artefact)
+    if payload is not None:
+        return ModelCard.from_dict(payload["card"])
+    if artefact.suffix.lower() != ".onnx":
+        raise DcxError(f"{artefact} has no sidecar {sidecar_path(artefact).name}: "
+                       "a TensorRT plan carries no model card of its own; keep the .json beside it")
+    meta = onnx_metadata(artefact)
+    if CARD_KEY not in meta:
+        raise DcxError(f"{artefact} is not a dcx export: no '{CARD_KEY}' in its ONNX metadata and no sidecar")
+    try:
+        return ModelCard.from_dict(json.loads(meta[CARD_KEY]))
+    except ValueError as exc:
+        raise DcxError(f"{artefact}: the '{CARD_KEY}' metadata is not valid JSON") from exc
+
+
+def read_precision(onnx_path: str | os.PathLike) -> str:
+    """fp32/fp16/int8 of an exported ONNX file (sidecar first, then metadata)."""
+    payload = read_sidecar(onnx_path)
+    if payload is not None and payload.get("artefact", {}).get("precision") in PRECISIONS:
+        return payload["artefact"]["precision"]
+    precision = onnx_metadata(onnx_path).get(PRECISION_KEY)
+    if precision not in PRECISIONS:
+        raise DcxError(f"{onnx_path} does not record its precision; re-export it with dcx-export")
+    return precision
+
+
+def build_environment() -> dict:
+    """TensorRT version and the GPU a plan built now is tied to."""
+    import tensorrt as trt
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    return {"version": trt.__version__, "gpu_name": torch.cuda.get_device_name(),
+            "compute_capability": f"{major}.{minor}"}
+
+
+def check_plan_compat(plan: str | os.PathLike | dict, *, current: dict | None = None) -> None:
+    """Refuse a plan built for another GPU or TensorRT version, naming both.
+
+    ``plan`` is the plan's path (its sidecar is read) or the sidecar dict; ``current`` is
+    this machine's :func:`build_environment` (computed when omitted).
+    """
+    sidecar = plan if isinstance(plan, dict) else read_sidecar(plan)
+    name = "this plan" if isinstance(plan, dict) else Path(plan).name
+    built = (sidecar or {}).get("tensorrt")
+    if not built:
+        raise DcxError(f"{name} has no TensorRT build record in its sidecar; rebuild it with dcx-export")
+    current = current or build_environment()
+    mismatches = [label for key, label in (("version", "TensorRT version"), ("gpu_name", "GPU"),
+                                           ("compute_capability", "compute capability"))
+                  if str(built.get(key)) != str(current.get(key))]
+    if mismatches:
+        source = (sidecar.get("artefact") or {}).get("source_onnx", "MODEL.onnx")
+        raise DcxError(
+            f"{name} was built with TensorRT {built.get('version')} for {built.get('gpu_name')} "
+            f"(sm {built.get('compute_capability')}) but this machine has TensorRT {current.get('version')} and "
+            f"{current.get('gpu_name')} (sm {current.get('compute_capability')}); plans only run where they were "
+            f"built: rebuild here with dcx-export {source} --out {name}")

@@ -1,0 +1,168 @@
+"""Model registry: Deep-COVID's four backbones and Apostolopoulos & Mpesiana's two best
+(MobileNet v2, VGG19), each as a :class:`DcxNet`.
+
+Every architecture is split into ``features`` (last convolutional map) and a ``head`` that
+turns features into per-class *maps*; logits are the spatial mean of those maps. That one
+structure gives classification and the class-activation map (CAM) of any class from the
+same forward pass, in PyTorch and in every exported graph:
+
+- ResNet / DenseNet: global average pooling + linear == mean of a 1x1 convolution's maps.
+- SqueezeNet: its own 1x1 conv classifier + ReLU, averaged -- its native form.
+- MobileNet v2, VGG19: the convolutional trunk is kept with its ImageNet weights and the
+  ImageNet classifier (dense layers) is replaced, as in transfer learning, by the 1x1 head.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+from .errors import DcxError
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """What the registry knows of an architecture (timm's default_cfg, in small)."""
+
+    name: str
+    build: Callable[[object], nn.Module]  # torchvision constructor taking weights=
+    weights_enum: object
+    feature_channels: int
+    features: Callable[[nn.Module], nn.Module]
+
+
+_REGISTRY: dict[str, ArchSpec] = {}
+
+
+def register_model(spec: ArchSpec) -> ArchSpec:
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+class _DenseNetFeatures(nn.Sequential):
+    """torchvision's DenseNet applies ReLU after ``features`` in forward(); keep that."""
+
+    def forward(self, x):
+        return F.relu(super().forward(x))
+
+
+def _resnet_features(m):
+    return nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3, m.layer4)
+
+
+tv = torchvision.models
+register_model(ArchSpec("resnet18", tv.resnet18, tv.ResNet18_Weights.IMAGENET1K_V1, 512, _resnet_features))
+register_model(ArchSpec("resnet50", tv.resnet50, tv.ResNet50_Weights.IMAGENET1K_V2, 2048, _resnet_features))
+register_model(ArchSpec("squeezenet1_1", tv.squeezenet1_1, tv.SqueezeNet1_1_Weights.IMAGENET1K_V1, 512,
+                        lambda m: m.features))
+register_model(ArchSpec("densenet121", tv.densenet121, tv.DenseNet121_Weights.IMAGENET1K_V1, 1024,
+                        lambda m: _DenseNetFeatures(*m.features)))
+register_model(ArchSpec("mobilenet_v2", tv.mobilenet_v2, tv.MobileNet_V2_Weights.IMAGENET1K_V1, 1280,
+                        lambda m: m.features))
+register_model(ArchSpec("vgg19", tv.vgg19, tv.VGG19_Weights.IMAGENET1K_V1, 512, lambda m: m.features))
+
+
+class DcxNet(nn.Module):
+    """Unit-gray (N, 1, H, W) in -> logits; normalisation (the card's mean/std) lives inside."""
+
+    def __init__(self, arch: str, features: nn.Module, feature_channels: int, num_classes: int, *,
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
+        super().__init__()
+        self.arch = arch
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.features = features
+        conv = nn.Conv2d(feature_channels, num_classes, kernel_size=1)
+        if arch.startswith("squeezenet"):
+            # torchvision's init for this layer: small weights keep the ReLU'd maps alive at start.
+            nn.init.normal_(conv.weight, mean=0.0, std=0.01)
+            nn.init.zeros_(conv.bias)
+            self.head = nn.Sequential(nn.Dropout(p=0.5), conv, nn.ReLU(inplace=False))
+        else:
+            self.head = conv
+
+    def class_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, K, h, w) per-class evidence maps at feature resolution."""
+        x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+        return self.head(self.features(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.class_maps(x).mean(dim=(2, 3))
+
+    def scores_and_cam(self, x: torch.Tensor, class_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Softmax probabilities (N, K) and the CAM of ``class_index`` (N, h, w): the export graph."""
+        maps = self.class_maps(x)
+        return F.softmax(maps.mean(dim=(2, 3)), dim=1), maps[:, class_index]
+
+    def freeze_backbone(self) -> None:
+        """Train the classifier only (the Deep-COVID setting)."""
+        for p in self.features.parameters():
+            p.requires_grad_(False)
+
+
+def create_model(arch: str, num_classes: int, *, weights: str = "none", mean: tuple[float, ...] = IMAGENET_MEAN,
+                 std: tuple[float, ...] = IMAGENET_STD) -> DcxNet:
+    """Build ``arch`` for ``num_classes``; ``weights`` is ``imagenet``, ``none`` or a local file.
+
+    A local file holds torchvision ImageNet weights: air-gapped sites copy the file that
+    ``imagenet`` would download.
+    """
+    if arch not in _REGISTRY:
+        raise DcxError(f"unknown architecture {arch!r}; choose from {', '.join(list_models())}")
+    spec = _REGISTRY[arch]
+    backbone = spec.build(weights=None)
+    if weights == "imagenet":
+        backbone.load_state_dict(_download_imagenet(spec))
+    elif weights not in ("none", None):
+        _load_local_weights(backbone, spec, weights)
+    return DcxNet(arch, spec.features(backbone), spec.feature_channels, num_classes, mean=mean, std=std)
+
+
+def model_cost(arch: str, size: int = 224, num_classes: int = 3) -> dict:
+    """Parameters and GFLOPs (multiply-adds x 2, one image) of ``arch`` at ``size`` px, counted by
+    torch's FLOP counter on the real graph, so the README's cost table is rerunnable."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = create_model(arch, num_classes).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 1, size, size))
+    return {"arch": arch, "input_size": size, "params": sum(p.numel() for p in model.parameters()),
+            "gflops": counter.get_total_flops() / 1e9}
+
+
+def _download_imagenet(spec: ArchSpec) -> dict:
+    try:
+        return spec.weights_enum.get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:
+        home = os.environ.get("TORCH_HOME", "~/.cache/torch")
+        raise DcxError(
+            f"cannot load ImageNet weights for {spec.name} ({type(exc).__name__}); offline? "
+            f"put {spec.weights_enum.url.rsplit('/', 1)[-1]} under $TORCH_HOME/hub/checkpoints "
+            f"(TORCH_HOME={home}) or pass --weights PATH to a local weights file"
+        ) from exc
+
+
+def _load_local_weights(backbone: nn.Module, spec: ArchSpec, path: str) -> None:
+    if not os.path.isfile(path):
+        raise DcxError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DcxError(f"{path} is not a readable weights file ({type(exc).__name__})") from exc
+    if isinstance(state, dict) and "state_dict" in state and "card" in state:
+        raise DcxError(f"{path} is a dcx checkpoint; use dcx-train --resume to continue training it")
+    try:
+        backbone.load_state_dict(state)
+    except Exception as exc:
+        raise DcxError(f"{path} does not hold {spec.name} weights: {str(exc).splitlines()[0]}") from exc

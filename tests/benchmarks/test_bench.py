@@ -1,0 +1,152 @@
+"""dcx-bench smoke tests: the commands run on tiny data and write what they promise.
+
+No timing is asserted anywhere (a shared CI machine makes any figure noise); what is
+asserted is structure, that the real dcx-infer ran, and that parity passes for a faithful
+export and fails for a different model.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import invoke
+from dcx.benchmarks.cli import main
+from dcx.benchmarks.decode_bench import cpu_ceiling
+from dcx.benchmarks.engine_runs import resolve_reference, run_infer
+from dcx.benchmarks.measure import python_child, run_child, summarise
+from dcx.core.errors import DcxError
+
+
+@pytest.fixture(scope="module")
+def fp32_onnx(trained_checkpoint, tmp_path_factory):
+    """The conftest model exported by the real dcx-export (its sidecar names the checkpoint)."""
+    from dcx.export.cli import main as export
+
+    out = tmp_path_factory.mktemp("bench-export") / "r18-fp32.onnx"
+    invoke(export, [trained_checkpoint, "--precision", "fp32", "--out", out])
+    return out
+
+
+@pytest.fixture(scope="module")
+def other_model(trained_checkpoint, tmp_path_factory):
+    """Same architecture, classes and input size, other (untrained) weights: not the reference."""
+    from dcx.export.onnx_export import export_onnx
+    from dcx.core.card import load_checkpoint
+    from dcx.core.models import create_model
+
+    card, _, _ = load_checkpoint(trained_checkpoint)
+    torch.manual_seed(123)
+    model = create_model(card.arch, len(card.classes))
+    return export_onnx(model, card, tmp_path_factory.mktemp("bench-other") / "other.onnx")
+
+
+def test_summarise_median_and_spread():
+    s = summarise([3.0, 1.0, 2.0, 10.0])
+    assert (s["n"], s["median"], s["min"], s["max"]) == (4, 2.5, 1.0, 10.0)
+    assert s["q1"] <= s["median"] <= s["q3"]
+    assert summarise([5.0])["median"] == 5.0
+
+
+def test_run_child_reports_that_child_peak_memory():
+    child = run_child(python_child("b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"))
+    assert child.returncode == 0
+    assert child.peak_rss_bytes > 300 * 2**20
+    small = run_child(python_child("import sys; sys.exit(3)"))
+    assert small.returncode == 3
+    assert small.peak_rss_bytes < 100 * 2**20  # its own, not this (torch-holding) process's
+
+
+def test_reference_resolved_from_sidecar_and_mismatch_refused(fp32_onnx, trained_checkpoint, tmp_path):
+    path, how = resolve_reference(fp32_onnx, None)
+    assert path.resolve() == trained_checkpoint.resolve() and "sidecar" in how
+    impostor = tmp_path / "other.pt"
+    impostor.write_bytes(trained_checkpoint.read_bytes() + b"\0")
+    with pytest.raises(DcxError, match="not the checkpoint"):
+        resolve_reference(fp32_onnx, impostor)
+
+
+def test_throughput_smoke(fp32_onnx, synth_archive, tmp_path):
+    out, md = tmp_path / "t.json", tmp_path / "t.md"
+    result = invoke(main, ["throughput", "--engine", fp32_onnx, "--data", synth_archive, "--repeat", 1,
+                           "--no-warmup", "--limit", 12, "--batch-size", 8, "--peer-workers", 0,
+                           "--out", out, "--markdown", md])
+    report = json.loads(out.read_text())
+    assert report["data"]["counts"]["ok"] == 12
+    assert report["engine"]["backend"] == "onnxruntime" and report["engine"]["batch_size"] == 8
+    assert set(report["dcx"]["stage_s"]) >= {"discover", "decode", "infer", "write"}
+    assert report["dcx"]["images_per_s"]["n"] == 1 and report["dcx"]["images_per_s"]["median"] > 0
+    assert report["dcx"]["peak_rss_bytes"] > 0 and report["peer"]["peak_rss_bytes"] > 0
+    assert report["peer"]["batch_size"] == 20 and report["peer"]["images_per_s"]["median"] > 0
+    assert "sidecar" in report["reference"]["resolved_from"]
+    assert report["ratios"]["dcx_over_peer"] > 0 and report["ratios"]["dcx_over_model_only"] > 0
+    # same weights on both sides: the peer's resizer differs slightly, its decisions barely
+    assert report["peer_agreement"]["files"] == 12
+    assert report["peer_agreement"]["max_abs_delta_p"] < 0.1
+    assert "dcx / peer" in md.read_text() and "dcx / peer" in result.output
+    # the CPU budget: every part measured on the same files, and the ceiling they imply
+    decoding, cpu = report["decoding"], report["cpu"]
+    assert decoding["engine_decoder"]["images"] == 12 and 0 < decoding["codec_only"]["images"] <= 12
+    assert min(cpu[k] for k in ("dcx_ms_per_image", "model_ms_per_image", "decoder_ms_per_image",
+                                "codec_ms_per_image")) > 0
+    assert cpu["ceiling_images_per_s"] == cpu_ceiling(cpu["cores"], cpu["decoder_ms_per_image"],
+                                                      cpu["model_ms_per_image"])
+    assert "CPU budget" in result.output and "DALI's codec alone" in result.output
+    invoke(main, ["throughput", "--engine", fp32_onnx, "--data", synth_archive, "--out", out], expect_exit=1)
+
+
+def test_cpu_ceiling_is_cores_over_cost_per_image():
+    assert cpu_ceiling(2, 15.0, 25.0) == 50.0  # 2 cores, 40 ms of CPU per image
+    assert cpu_ceiling(1, 10.0) == 100.0
+
+
+def test_each_dcx_infer_run_starts_fresh(fp32_onnx, synth_archive, tmp_path):
+    """A state database left in the run folder must not let a repetition reuse rows (0 img/s)."""
+    listing = tmp_path / "two.txt"
+    listing.write_text("".join(f"{p}\n" for p in sorted((synth_archive / "normal").iterdir())[:2]))
+    for _ in range(2):
+        run = run_infer(fp32_onnx, tmp_path / "run", files_from=listing)
+        assert run.summary["scored_this_run"] == 2 and run.summary["reused_from_state"] == 0
+
+
+def test_model_smoke(fp32_onnx, trained_checkpoint, tmp_path):
+    out = tmp_path / "m.json"
+    invoke(main, ["model", "--engine", fp32_onnx, "--engine", trained_checkpoint, "--batch-sizes", "1,4",
+                  "--warmup", 0, "--repeat", 1, "--out", out])
+    models = json.loads(out.read_text())["models"]
+    assert [(m["backend"], [r["batch_size"] for r in m["results"]]) for m in models] == \
+        [("onnxruntime", [1, 4]), ("pytorch", [1, 4])]
+    assert all(r["images_per_s"] > 0 for m in models for r in m["results"])
+
+
+def test_parity_passes_for_the_fp32_export(fp32_onnx, trained_checkpoint, synth_archive, tmp_path):
+    out = tmp_path / "parity"
+    result = invoke(main, ["parity", "--reference", trained_checkpoint, "--engine", fp32_onnx,
+                           "--data", synth_archive, "--out", out])
+    report = json.loads((out / "parity.json").read_text())
+    assert report["passed"] and "PASSED" in result.output
+    assert report["data"]["scored_by_both"] == report["data"]["files"] == 120
+    assert report["decomposition"]["backend_only"]["max_abs_delta_p"] < 1e-4  # same decoder: FP32 numerics only
+    for key in ("sensitivity", "specificity", "auc", "accuracy"):
+        assert key in report["reference"] and key in report["engine"] and key in report["deltas"]
+    assert (out / "roc.png").stat().st_size > 0
+    assert len((out / "per_image.csv").read_text().splitlines()) == 121
+
+
+def test_parity_fails_for_a_different_model(other_model, trained_checkpoint, synth_archive, tmp_path):
+    out = tmp_path / "parity"
+    invoke(main, ["parity", "--reference", trained_checkpoint, "--engine", other_model, "--data", synth_archive,
+                  "--no-decompose", "--out", out], expect_exit=1)
+    report = json.loads((out / "parity.json").read_text())
+    assert not report["passed"]
+    assert any(not g["passed"] for g in report["gates"])
+
+
+def test_archive_replicates_files_as_links(synth_archive, tmp_path):
+    out = tmp_path / "big"
+    invoke(main, ["archive", synth_archive, out, "--n", 25])
+    made = sorted(p for p in out.rglob("*") if p.is_file())
+    assert len(made) == 25
+    assert all(os.stat(p).st_nlink >= 2 for p in made)  # hard links: no disk spent
