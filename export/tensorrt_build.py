@@ -23,6 +23,8 @@ from pathlib import Path
 from dcx.train.errors import DcxError
 from dcx.train.files import atomic_path, write_json
 
+from dcx.engine.backends.trt_runtime import import_runtime, runtime_refusal
+
 from .artefact import INPUT_NAME, read_sidecar, sha256_file, sidecar_path
 
 #: Exit status of dcx-export when the ONNX artefacts were written but the plan could not be built.
@@ -31,10 +33,12 @@ EXIT_PLAN_NOT_BUILT = 3
 
 def tensorrt_unavailable_reason() -> str | None:
     """Why no plan can be built here (one phrase), or None when TensorRT and a GPU are present."""
-    try:
-        import tensorrt  # noqa: F401
-    except (ImportError, OSError):  # also PyPI placeholder wheels and missing CUDA libraries
-        return "the tensorrt Python package is not installed"
+    module, problem = import_runtime("full")
+    if module is None:
+        return problem or ("the tensorrt Python package is not installed (the full builder comes from NVIDIA's "
+                           "index, not PyPI)")
+    if not hasattr(module, "Builder"):
+        return f"{module.__name__} has no builder (a runtime-only installation)"
     import torch
 
     if not torch.cuda.is_available():
@@ -59,8 +63,13 @@ def default_timing_cache(environment: dict) -> Path:
 
 
 def build_plan(onnx_path: str | os.PathLike, out: str | os.PathLike, *, min_batch: int = 1, opt_batch: int = 64,
-               max_batch: int = 256, workspace_gb: float = 4.0, timing_cache: Path | None = None) -> Path:
-    """Build ``out`` (a serialized engine) from an exported ONNX file and write ``<out>.json``."""
+               max_batch: int = 256, workspace_gb: float = 4.0, timing_cache: Path | None = None,
+               version_compatible: bool = False) -> Path:
+    """Build ``out`` (a serialized engine) from an exported ONNX file and write ``<out>.json``.
+
+    ``version_compatible``: ``BuilderFlag.VERSION_COMPATIBLE`` with the lean runtime embedded, so
+    newer TensorRT runtimes of the same major version -- the lean and dispatch runtimes from PyPI
+    too -- can run the plan on this GPU model (a little slower to load; the sidecar says so)."""
     import tensorrt as trt
 
     onnx_path, out = Path(onnx_path), Path(out)
@@ -81,6 +90,8 @@ def build_plan(onnx_path: str | os.PathLike, out: str | os.PathLike, *, min_batc
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    if version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, (min_batch, 1, size, size), (opt_batch, 1, size, size), (max_batch, 1, size, size))
     config.add_optimization_profile(profile)
@@ -100,6 +111,7 @@ def build_plan(onnx_path: str | os.PathLike, out: str | os.PathLike, *, min_batc
     artefact = {**source["artefact"], "onnx_sha256": sha256_file(onnx_path), "plan_sha256": sha256_file(out),
                 "source_onnx": onnx_path.name}
     tensorrt = {**environment, "precision": artefact["precision"], "strongly_typed": True,
+                "version_compatible": version_compatible, "lean_runtime_embedded": version_compatible,
                 "profile": {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch},
                 "workspace_bytes": int(workspace_gb * (1 << 30)), "timing_cache": os.fspath(cache_path),
                 "build_seconds": round(build_seconds, 1)}
@@ -121,7 +133,9 @@ def _write_bytes_atomic(path: Path, data) -> None:
 
 
 def check_plan_compat(plan: str | os.PathLike | dict, *, current: dict | None = None) -> None:
-    """Refuse a plan built for another GPU or TensorRT version, naming both.
+    """Refuse a plan the full TensorRT here cannot run (another GPU, another version; a
+    version-compatible plan also runs on a newer one: :func:`~dcx.engine.backends.trt_runtime.runtime_refusal`),
+    naming both.
 
     ``plan`` is the plan's path (its sidecar is read) or the sidecar dict; ``current`` is
     this machine's :func:`build_environment` (computed when omitted).
@@ -132,13 +146,11 @@ def check_plan_compat(plan: str | os.PathLike | dict, *, current: dict | None = 
     if not built:
         raise DcxError(f"{name} has no TensorRT build record in its sidecar; rebuild it with dcx-export")
     current = current or build_environment()
-    mismatches = [label for key, label in (("version", "TensorRT version"), ("gpu_name", "GPU"),
-                                           ("compute_capability", "compute capability"))
-                  if str(built.get(key)) != str(current.get(key))]
-    if mismatches:
+    if runtime_refusal(built, "full", current.get("version", ""), current) is not None:
         source = (sidecar.get("artefact") or {}).get("source_onnx", "MODEL.onnx")
         raise DcxError(
             f"{name} was built with TensorRT {built.get('version')} for {built.get('gpu_name')} "
             f"(sm {built.get('compute_capability')}) but this machine has TensorRT {current.get('version')} and "
             f"{current.get('gpu_name')} (sm {current.get('compute_capability')}); plans only run where they were "
-            f"built: rebuild here with dcx-export {source} --out {name}")
+            f"built (version-compatible ones also on newer TensorRT of the same major version): rebuild here with "
+            f"dcx-export {source} --out {name}")
