@@ -6,12 +6,13 @@ release), kept as small pure functions so they can be tested for every precision
 without a GPU, and so the pixel rules can live with the other DICOM rules.
 
 **Bit depth** (``dali/operators/imgcodec/image_decoder.h``). nvImageCodec decodes a sample to its
-native type: uint8 up to 8 bits, uint16 above, and always uint16 for lossless JPEG (nvJPEG's
-lossless backend has no uint8 output). The ``mixed`` (GPU) decoder then stretches a sample of
-``p`` bits to the full range of that type (``dyn_range_multiplier = max / (2**p - 1)``); the CPU
-decoder does not (``assert(dyn_range_multiplier == 1.0f); // TODO``). Converting a uint8 sample to
-the requested uint16 multiplies by 257 on both. nvImageCodec widens 1-bit uint8 samples to 0..255
-itself, on both devices.
+native type: uint8 up to 8 bits, uint16 above; on the GPU always uint16 for lossless JPEG (nvJPEG's
+lossless backend has no uint8 output; the CPU's libjpeg-turbo gives uint8 for 8 bits: measured
+by ``dcx-bench gpu-check``). The ``mixed`` (GPU) decoder then stretches a sample of ``p`` bits to
+the full range of that type (``dyn_range_multiplier = max / (2**p - 1)``); the CPU decoder does
+not (``assert(dyn_range_multiplier == 1.0f); // TODO``). Converting a uint8 sample to the
+requested uint16 multiplies by 257 on both. nvImageCodec widens 1-bit uint8 samples to 0..255
+itself, on both devices. So on the GPU every depth comes out spanning 0..65535, whatever the codec.
 
 **Decodability.** DALI fails a whole batch for one frame it cannot decode, and the engine then
 rebuilds the pipeline while it bisects the batch: frames known to fail go to pydicom up front.
@@ -52,7 +53,7 @@ def uint16_gain(precision: int, device: str, codec: str) -> float:
     (1.0, 16.00366...)
     """
     _check(precision, device, codec)
-    native_bits = 16 if codec == "jpeg-lossless" or precision > 8 else 8
+    native_bits = 16 if precision > 8 or (codec == "jpeg-lossless" and device == "gpu") else 8
     if native_bits == 8 and precision == 1:
         return 65535.0  # widened to 0..255 by nvImageCodec, then x257
     widening = 257.0 if native_bits == 8 else 1.0
