@@ -267,8 +267,8 @@ class _workdir:
 @main.command("gpu-check", context_settings=CONTEXT)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for gpu-check.json and gpu-check.md.")
-@click.option("--e2e-files", type=click.IntRange(3), help="Files in the end-to-end archive (default: 1024 on a "
-              "GPU, 36 on a CPU).")
+@click.option("--e2e-files", type=click.IntRange(3), help="Files in the end-to-end archive (default: 512 on a "
+              "GPU, 24 on a CPU).")
 @click.option("--only", multiple=True, help="Run only this check (repeatable); names as in the report.")
 @click.option("--force", is_flag=True, help="Overwrite an existing report in OUT.")
 def gpu_check(out, e2e_files, only, force):

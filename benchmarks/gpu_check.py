@@ -402,6 +402,7 @@ def end_to_end(ctx: Context) -> dict:
     from dcx.train.card import save_checkpoint
     from dcx.train.synth import write_archive
 
+    ctx.need_dali()
     archive = ctx.work / "archive"
     write_archive(archive, n=ctx.e2e_files, size=512 if ctx.cuda else 256, formats=("png", "jpg", "dcm"), seed=3)
     model, card = ctx.model()
@@ -440,7 +441,7 @@ def run_checks(out: Path, *, e2e_files: int | None = None, only: tuple[str, ...]
     out.mkdir(parents=True, exist_ok=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="dcx-gpu-check-") as tmp:
-        ctx = Context(Path(tmp), e2e_files or (1024 if cuda else 24), cuda=cuda, log=log)
+        ctx = Context(Path(tmp), e2e_files or (512 if cuda else 24), cuda=cuda, log=log)
         for check in CHECKS:
             if only and check.__name__ not in only:
                 continue
