@@ -61,8 +61,6 @@ if [ "${1:-}" = "--dali" ]; then
         mkdir -p ".whl-dali/$part" && mv ".whl-dali/all/$f" ".whl-dali/$part/" && used=$((used + bytes))
     done
     rmdir .whl-dali/all
-    grep -qx '/.whl-dali/' .gitignore 2>/dev/null || grep -qx '/.whl-dali/' "$(git rev-parse --git-path info/exclude)" \
-        || echo '/.whl-dali/' >>"$(git rev-parse --git-path info/exclude)"
     echo "DALI: $((part + 1)) folders .whl-dali/0 .. .whl-dali/$part; send these calls back to back (the machine"
     echo "keeps /tmp only while warm, 30 s after a call), then the final call below:"
     for i in $(seq 0 "$part"); do
