@@ -24,7 +24,6 @@ The checks, in order (names as in the report):
 """
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -61,7 +60,6 @@ class Context:
     e2e_files: int
     cuda: bool = False
     made: dict = field(default_factory=dict)
-    log: callable = print
 
     def need_cuda(self) -> None:
         if not self.cuda:
@@ -441,7 +439,7 @@ def run_checks(out: Path, *, e2e_files: int | None = None, only: tuple[str, ...]
     out.mkdir(parents=True, exist_ok=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="dcx-gpu-check-") as tmp:
-        ctx = Context(Path(tmp), e2e_files or (512 if cuda else 24), cuda=cuda, log=log)
+        ctx = Context(Path(tmp), e2e_files or (512 if cuda else 24), cuda=cuda)
         for check in CHECKS:
             if only and check.__name__ not in only:
                 continue

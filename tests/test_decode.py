@@ -402,3 +402,16 @@ def test_gpu_pipeline_matches_the_training_transform(rasters, dicoms):
         gpu_codec = paths[row].suffix in (".jpg", ".jp2") or paths[row].suffix == ".dcm"
         assert diff.max() <= (0.02 if gpu_codec else MAX_ABS), (paths[row].name, float(diff.max()))
         assert diff.mean() <= (2e-3 if gpu_codec else MEAN_ABS)
+
+
+@pytest.mark.gpu
+def test_gpu_batch_is_intact_after_the_next_run_reuses_dalis_buffer(rasters):
+    """The copy out of DALI's GPU buffer runs on torch's stream; the next run must wait for it
+    before DALI writes that buffer again (else the first batch holds the second's pixels)."""
+    pytest.importorskip("nvidia.dali", reason="DALI is not installed (pip install nvidia-dali-cuda130)")
+    first, second = rasters["tall.png"], rasters["gray.png"]
+    with Decoder(Preprocess(SIZE), device="gpu", batch_size=8) as dec:
+        a = dec.decode([first] * 8)
+        dec.decode([second] * 8)
+        for image in a.images:
+            assert (image.cpu() - reference(first)).abs().max() <= MAX_ABS
