@@ -82,3 +82,25 @@ def test_export_names_a_broken_builder_too(tmp_path, monkeypatch):
     (package / "__init__.py").write_text("raise ImportError('libnvinfer.so.11: cannot open shared object file')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert "bindings are installed but the TensorRT library does not load" in tensorrt_unavailable_reason()
+
+
+@pytest.mark.gpu
+def test_version_compatible_plan_is_built_recorded_and_run(trained_checkpoint, tmp_path, monkeypatch):
+    """On a GPU machine with the full builder: --version-compatible is recorded in the sidecar and
+    the engine runs the plan (the full library is preferred when it is there)."""
+    pytest.importorskip("tensorrt", reason="no full TensorRT builder (NVIDIA's index)")
+    import json
+
+    from conftest import invoke
+    from dcx.engine.backends import open_backend
+    from dcx.export.artefact import sidecar_path
+    from dcx.export.cli import main
+
+    monkeypatch.setenv("DCX_CACHE_DIR", str(tmp_path / "cache"))
+    plan = tmp_path / "vc.plan"
+    invoke(main, [trained_checkpoint, "--precision", "fp32", "--max-batch", 8, "--opt-batch", 4,
+                  "--version-compatible", "--out", plan])
+    record = json.loads(sidecar_path(plan).read_text())["tensorrt"]
+    assert record["version_compatible"] is True and record["lean_runtime_embedded"] is True
+    with open_backend(plan, device="cuda") as backend:
+        assert backend.runtime_kind == "full"
