@@ -16,6 +16,7 @@ from dcx.engine.decode import module_available
 from dcx.train.errors import DcxError
 
 
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
 def test_a_session_that_asked_for_cuda_and_fell_back_is_detected(tmp_path):
     """The CPU build of ONNX Runtime, asked for the CUDA provider, does what a GPU build with
     mismatched CUDA libraries does: warns (hidden at dcx's log level) and runs on the CPU."""
