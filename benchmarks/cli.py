@@ -277,7 +277,7 @@ def gpu_check(out, e2e_files, only, force):
     decoding, ONNX Runtime CUDA, TensorRT, and dcx-infer end to end.
 
     On a machine without a GPU the GPU checks are reported as skipped, with the reason, and the
-    rest still runs (27 s of CPU time on the 2-core development machine). Exit status: 0 when
+    rest still runs (18-27 s of CPU time on the 2-core development machine). Exit status: 0 when
     nothing failed, 1 otherwise.
     """
     from . import gpu_check as gc

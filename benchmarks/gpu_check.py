@@ -4,8 +4,8 @@ Each check is a function of a shared :class:`Context` that returns its figures o
 :class:`Skip` (with the reason) when this machine lacks what it needs. A check *passes* when its
 figures meet the bound written beside it, *fails* when they do not, and *errors* when it breaks;
 the command exits 1 on any failure or error, 0 otherwise -- on a CPU machine every GPU check is
-skipped with its reason and the CPU checks still run (CI runs it that way: 27 s of CPU time on
-the 2-core development machine).
+skipped with its reason and the CPU checks still run (CI runs it that way: 18-27 s of CPU time
+on the 2-core development machine).
 
 The checks, in order (names as in the report):
 
