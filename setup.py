@@ -36,16 +36,24 @@ setup(
         "pylibjpeg-openjpeg>=2.3",
         "pylibjpeg-rle>=2.0",
         "pyjpegls>=1.4",
-        "nvidia-dali-cuda130>=2.0",
+        # Exact: dcx.engine.codec_rules encodes how this release scales bit depths per device
+        # (its CPU decoder has a TODO that may change them); re-check with dcx-bench gpu-check.
+        "nvidia-dali-cuda130==2.4.0",
         "click>=8.1",
         "matplotlib>=3.7",
     ],
     extras_require={
         "test": ["pytest>=8", "pyarrow>=14", "ray[data]==2.60.0"],
         "parquet": ["pyarrow>=14"],
-        # What a GPU box adds. TensorRT's PyPI packages fetch their libraries from
-        # NVIDIA's index at install time, so this extra needs that index reachable.
-        "gpu": ["tensorrt>=10.1", "onnxruntime-gpu>=1.18"],
+        # ONNX Runtime on CUDA 13 (with its CUDA and cuDNN wheels). It installs the same
+        # ``onnxruntime`` package directory as the CPU build that install_requires brings, so
+        # finish with: pip uninstall -y onnxruntime onnxruntime-gpu &&
+        # pip install --no-deps onnxruntime-gpu==1.31.1 (README, "GPU and TensorRT").
+        "gpu": ["onnxruntime-gpu[cuda,cudnn]==1.31.1"],
+        # TensorRT runtimes for plans exported with --version-compatible (real wheels on PyPI).
+        # The full builder (tensorrt-cu13) is a stub on PyPI that downloads from NVIDIA's index.
+        "trt-runtime": ["tensorrt-lean-cu13-libs==11.4.0.106", "tensorrt-lean-cu13-bindings==11.4.0.106",
+                        "tensorrt-dispatch-cu13-libs==11.4.0.106", "tensorrt-dispatch-cu13-bindings==11.4.0.106"],
         "ray": ["ray[data]==2.60.0", "pyarrow>=14"],
     },
     entry_points={

@@ -9,8 +9,9 @@ class, threshold, input contract), so the card is written twice: as ONNX metadat
      "verification": {...}, "calibration": {...}, "tensorrt": {...}}   # when they apply
 
 A plan file cannot carry metadata, so for plans the sidecar is the only source of truth; it
-also records the GPU and TensorRT version the plan was built for, which
-:func:`check_plan_compat` holds against this machine before a runtime loads the plan.
+also records the GPU and TensorRT version the plan was built for, which the engine's
+TensorRT runtime chooser (``dcx.engine.backends.trt_runtime``) holds against this machine
+before a runtime loads the plan.
 """
 from __future__ import annotations
 
@@ -112,37 +113,3 @@ def read_precision(onnx_path: str | os.PathLike) -> str:
     if precision not in PRECISIONS:
         raise DcxError(f"{onnx_path} does not record its precision; re-export it with dcx-export")
     return precision
-
-
-def build_environment() -> dict:
-    """TensorRT version and the GPU a plan built now is tied to."""
-    import tensorrt as trt
-    import torch
-
-    major, minor = torch.cuda.get_device_capability()
-    return {"version": trt.__version__, "gpu_name": torch.cuda.get_device_name(),
-            "compute_capability": f"{major}.{minor}"}
-
-
-def check_plan_compat(plan: str | os.PathLike | dict, *, current: dict | None = None) -> None:
-    """Refuse a plan built for another GPU or TensorRT version, naming both.
-
-    ``plan`` is the plan's path (its sidecar is read) or the sidecar dict; ``current`` is
-    this machine's :func:`build_environment` (computed when omitted).
-    """
-    sidecar = plan if isinstance(plan, dict) else read_sidecar(plan)
-    name = "this plan" if isinstance(plan, dict) else Path(plan).name
-    built = (sidecar or {}).get("tensorrt")
-    if not built:
-        raise DcxError(f"{name} has no TensorRT build record in its sidecar; rebuild it with dcx-export")
-    current = current or build_environment()
-    mismatches = [label for key, label in (("version", "TensorRT version"), ("gpu_name", "GPU"),
-                                           ("compute_capability", "compute capability"))
-                  if str(built.get(key)) != str(current.get(key))]
-    if mismatches:
-        source = (sidecar.get("artefact") or {}).get("source_onnx", "MODEL.onnx")
-        raise DcxError(
-            f"{name} was built with TensorRT {built.get('version')} for {built.get('gpu_name')} "
-            f"(sm {built.get('compute_capability')}) but this machine has TensorRT {current.get('version')} and "
-            f"{current.get('gpu_name')} (sm {current.get('compute_capability')}); plans only run where they were "
-            f"built: rebuild here with dcx-export {source} --out {name}")

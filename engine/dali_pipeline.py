@@ -91,7 +91,9 @@ def letterbox_pipeline(kind: str, gpu: bool, size: int, pad_value: float = 0.0, 
         feed = {name: fn.external_source(name=name, batch=True) for name in _inputs(kind)}
         on_device = {k: (v.gpu() if gpu else v) for k, v in feed.items()
                      if k in ("clamp_lo", "clamp_hi", "above", "below", "left", "right", "gain", "offset")}
-        decoder = dict(device="mixed" if gpu else "cpu", adjust_orientation=False)
+        # jpeg_fancy_upsampling: chroma upsampled as libjpeg (Pillow, the reference) does, on
+        # nvJPEG too; DALI's default (False) upsamples colour JPEGs differently on the GPU
+        decoder = dict(device="mixed" if gpu else "cpu", adjust_orientation=False, jpeg_fancy_upsampling=True)
         if kind == "rgb8":  # resized as uint8 RGB; luma after the resize (both linear)
             image = decoded = fn.decoders.image(feed["encoded"], output_type=types.RGB, **decoder)
         elif kind == "raw16":  # already decoded by pydicom: only name the layout
@@ -149,6 +151,7 @@ class LetterboxPipeline:
         self._args = dict(batch_size=batch_size, num_threads=num_threads, prefetch_queue_depth=1,
                           device_id=torch.cuda.current_device() if self.gpu else None)
         self.builds = 0
+        self._copied: torch.cuda.Event | None = None  # the last copy out of DALI's GPU buffer
         self.clock = clock or StageClock(CLOCK_STAGES)
         self._pipe = self._build()
 
@@ -168,6 +171,7 @@ class LetterboxPipeline:
             feeds = [self._feed(s) for s in samples]
             for name in _inputs(self.kind):
                 self._pipe.feed_input(name, [feed[name] for feed in feeds])
+        self._wait_for_copy_out()
         try:
             with self.clock("decode"):
                 images, shapes = self._pipe.run()
@@ -199,16 +203,27 @@ class LetterboxPipeline:
 
     def _copy_out(self, batch, n: int) -> np.ndarray | torch.Tensor:
         """Copy the outputs out of DALI's buffers (reused by the next run). On the CPU with numpy:
-        torch's intra-op threads fought DALI's for 2 cores (a 6 MB torch.stack took 0.5 s)."""
+        torch's intra-op threads fought DALI's for 2 cores (a 6 MB torch.stack took 0.5 s).
+        On the GPU the copy is queued on torch's stream, which DALI's stream does not wait for:
+        an event marks it, and the next run (or close) waits for that event first."""
         if not self.gpu:
             return np.array(batch).reshape(n, 1, self.size, self.size)
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
         out = torch.empty((n, self.size, self.size, 1), dtype=torch.float32, device="cuda")
-        feed_ndarray(batch, out, cuda_stream=torch.cuda.current_stream())
+        stream = torch.cuda.current_stream()
+        feed_ndarray(batch, out, cuda_stream=stream)
+        self._copied = stream.record_event()
         return out.reshape(n, 1, self.size, self.size)
 
+    def _wait_for_copy_out(self) -> None:
+        """Block until the last copy out of DALI's GPU buffer is done, so DALI may reuse it."""
+        if self._copied is not None:
+            self._copied.synchronize()
+            self._copied = None
+
     def close(self) -> None:
+        self._wait_for_copy_out()
         self._pipe = None
 
 

@@ -6,7 +6,8 @@ Every byte is hostile, so Python looks at each file before any decoder does:
 2. **Sniff** the magic bytes (:func:`dcx.core.formats.sniff_bytes`); unknown -> ``error``.
 3. **DICOM** (:mod:`dcx.core.dicom`): header rules first (non-images and series rules ->
    ``skipped``; absurd sizes -> ``error``, before any pixel is touched). Frame 1 of JPEG baseline
-   and JPEG 2000 objects (and lossless JPEG on a GPU) goes to DALI's decoder as compressed bytes;
+   and JPEG 2000 objects (and first-order lossless JPEG on a GPU; :mod:`dcx.engine.codec_rules`)
+   goes to DALI's decoder as compressed bytes;
    other syntaxes (uncompressed, JPEG-LS, RLE, 12-bit lossy) are decoded by pydicom and its
    plugins and handed to DALI as arrays; either way DALI applies the header's
    :class:`~dcx.core.dicom.PixelTransform` and resizes. Colour, LUT tables, sigmoid windows
@@ -44,6 +45,8 @@ from dcx.core.preprocess import MAX_PIXELS, Preprocess
 from dcx.core.reader import read_unit_gray
 
 from dcx.core import dicom, formats
+
+from . import codec_rules
 from .dali_pipeline import CLOCK_STAGES, KINDS, BatchFailed, Sample, LetterboxPipeline
 from .stage_clock import StageClock
 
@@ -54,14 +57,6 @@ os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
 
 #: Refuse files above this size before reading them (no radiograph comes near it).
 MAX_FILE_BYTES = 1 << 30
-
-#: DICOM transfer syntaxes whose frames DALI decodes: JPEG baseline / extended (8-bit),
-#: JPEG 2000; on a GPU also lossless JPEG (nvJPEG's lossless decoder; the CPU backend fails it).
-DALI_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",
-                           "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
-DALI_GPU_SYNTAXES = DALI_SYNTAXES | {"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"}
-_CODEC_OF_SYNTAX = {"1.2.840.10008.1.2.4.90": "jpeg2k", "1.2.840.10008.1.2.4.91": "jpeg2k"}
-
 
 @dataclass
 class Outcome:
@@ -114,7 +109,7 @@ class Decoder:
             raise DcxError("GPU decoding needs a CUDA device; torch sees none (use device 'cpu')")
         if batch_size < 1 or num_threads < 1:
             raise DcxError("batch size and decode threads must be at least 1")
-        if importlib.util.find_spec("nvidia.dali") is None:  # fail here, with advice, not mid-run
+        if not module_available("nvidia.dali"):  # fail here, with advice, not mid-run
             raise DcxError("DALI is not installed: pip install nvidia-dali-cuda130")
         self.preprocess, self.device = preprocess, device
         self.batch_size, self.num_threads = batch_size, num_threads
@@ -269,23 +264,27 @@ class Decoder:
         return item
 
     def _dali_frame(self, image: dicom.DicomImage) -> tuple[str, Sample] | None:
-        """Frame 1 as compressed bytes for DALI's decoder, or None when pydicom must decode it."""
-        syntaxes = DALI_GPU_SYNTAXES if self.device == "gpu" else DALI_SYNTAXES
-        if str(image.transfer_syntax) not in syntaxes:
+        """Frame 1 as compressed bytes for DALI's decoder, or None when pydicom must decode it
+        (:func:`~dcx.engine.codec_rules.dali_decodes`: decided before DALI sees the frame)."""
+        syntax = str(image.transfer_syntax)
+        codec = codec_rules.CODEC_OF_SYNTAX.get(syntax)
+        if codec is None:
             return None
         frame = image.first_frame()
         header = _probe(frame)
-        codec = _CODEC_OF_SYNTAX.get(str(image.transfer_syntax), "jpeg")
-        if (header is None or header.codec_name != codec or header.num_channels != 1
-                or (header.height, header.width) != (image.rows, image.columns)
-                or header.precision != image.transform.bits_stored or not _looks_complete(codec, frame)):
+        predictor = codec_rules.lossless_jpeg_predictor(frame) if codec == "jpeg-lossless" else None
+        if (header is None or header.codec_name != ("jpeg2k" if codec == "jpeg2k" else "jpeg")
+                or header.num_channels != 1 or (header.height, header.width) != (image.rows, image.columns)
+                or header.precision != image.transform.bits_stored
+                or not codec_rules.dali_decodes(syntax, header.precision, self.device, predictor=predictor)
+                or not _looks_complete(codec, frame)):
             return None
         transform = image.transform
-        if header.precision == 8 and not transform.clips:
+        if header.precision == 8 and codec != "jpeg-lossless" and not transform.clips:
             sample = Sample(_array(frame), image.rows, image.columns, transform.scale, transform.offset)
             return "gray8", sample
-        # decoded to uint16, DALI stretches 8-bit data to the full range (x257); deeper data stay raw
-        return "gray16", _windowed(_array(frame), image, gain=257.0 if header.precision == 8 else 1.0)
+        gain = codec_rules.uint16_gain(header.precision, self.device, codec)
+        return "gray16", _windowed(_array(frame), image, gain=gain)
 
     def _stored_frame(self, image: dicom.DicomImage) -> tuple[str, Sample]:
         """Frame 1 decoded by pydicom (uncompressed, JPEG-LS, RLE, ...) for DALI to window and resize."""
@@ -297,6 +296,15 @@ class Decoder:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def module_available(name: str) -> bool:
+    """Whether ``name`` can be imported; False also when a parent package (``nvidia``) is
+    missing, where ``importlib.util.find_spec`` raises instead."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def _read(path: Path) -> bytes:
@@ -360,7 +368,7 @@ def _looks_complete(fmt: str, data: bytes) -> bool:
     tail = data[-4096:]
     if fmt == "png":
         return b"IEND" in tail
-    if fmt in ("jpeg", "jpeg2000", "jpeg2k"):
+    if fmt in ("jpeg", "jpeg-lossless", "jpeg2000", "jpeg2k"):
         return b"\xff\xd9" in tail
     if fmt == "webp":
         return len(data) >= int.from_bytes(data[4:8], "little") + 8

@@ -168,13 +168,15 @@ def _connect(ray, address: str) -> bool:
 
 
 def _actor_pool(ray, options: scoring.ScreenOptions) -> tuple[scoring.ScreenOptions, dict]:
-    """Actor options and ``map_batches`` resources: one actor per GPU, or one per CPU but one."""
+    """Actor options and ``map_batches`` resources: one actor per GPU, or one per CPU but one.
+    ``auto`` stays ``auto`` on GPU actors: each actor's backend decides (an ONNX model without
+    onnxruntime-gpu runs on the CPU there, and the decoder follows the backend)."""
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
     if options.device == "gpu" and not gpus:
         raise DcxError("--device gpu, but the Ray cluster has no GPU")
     if gpus and options.device != "cpu":
-        return dataclasses.replace(options, device="gpu"), dict(num_gpus=1, num_cpus=1, concurrency=gpus)
+        return options, dict(num_gpus=1, num_cpus=1, concurrency=gpus)
     # one thread each for decoding and for the model: the actor owns one CPU
     return (dataclasses.replace(options, device="cpu", decode_threads=1),
             dict(num_cpus=1, concurrency=max(1, cpus - 1)))
@@ -189,7 +191,7 @@ class _ScoreFiles:
 
         self.options = options
         self.backend = open_backend(options.engine, device=options.device,
-                                    threads=None if options.device == "gpu" else 1)
+                                    threads=1 if options.device == "cpu" else None)
         self.schema = RowSchema.for_card(self.backend.card, options.include_phi)
         self.stats = scoring.Stats()
         self.backend_info = json.dumps({"name": self.backend.name, "precision": self.backend.precision,

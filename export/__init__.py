@@ -10,6 +10,6 @@ Modules, in the order an export runs through them:
 - ``verify``         artefact vs PyTorch: parity, and screening metrics on the validation split
 - ``tensorrt_build`` ONNX -> TensorRT plan
 
-What an artefact is (tensor names, the sidecar, ``read_card``, ``check_plan_compat``) lives in
+What an artefact is (tensor names, the sidecar, ``read_card``) lives in
 :mod:`dcx.core.artefact`, where the engine reads it too.
 """

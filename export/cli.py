@@ -21,7 +21,9 @@ Examples:
 Artefacts: NAME.onnx (input "image" (N,1,S,S) unit gray; outputs "probs" (N,K) and "cam"
 (N,h,w) of the positive class), NAME.onnx.json (model card, hashes, verification), for int8
 NAME.onnx.calibration.csv (calibration images + sha256), for plans NAME.plan + NAME.plan.json
-(TensorRT version, GPU, profile). A .plan request also writes NAME.onnx beside it.
+(TensorRT version, GPU, profile, version_compatible). A .plan request also writes NAME.onnx
+beside it. --version-compatible plans also run under newer TensorRT 11.x runtimes on the same
+GPU model, the lean and dispatch runtimes from PyPI included; other plans only where built.
 
 \b
 Verification: fp32 must match PyTorch within 1e-4 on every probability (else the export
@@ -63,10 +65,14 @@ def newest_checkpoint(root: Path) -> Path:
 @click.option("--timing-cache", type=click.Path(path_type=Path),
               help="TensorRT timing cache file; default: per TensorRT version and GPU under $DCX_CACHE_DIR "
                    "(~/.cache/dcx).")
+@click.option("--version-compatible", is_flag=True,
+              help="Build a version-compatible plan (lean runtime embedded): it also runs under newer TensorRT "
+                   "of the same major version on this GPU model, including the lean and dispatch runtimes "
+                   "from PyPI (pip install 'dcx[trt-runtime]').")
 @click.option("--strict", is_flag=True, help="Fail (instead of warn) when fp16/int8 accuracy moves by more than 1 point.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 def main(source, precision, calib, calib_samples, eval_data, out, min_batch, opt_batch, max_batch, workspace_gb,
-         timing_cache, strict, force):
+         timing_cache, version_compatible, strict, force):
     """Export a dcx checkpoint to ONNX (fp32, fp16 or INT8 Q/DQ) and, with TensorRT, to a plan.
 
     Every export is verified against the PyTorch model before it is reported done.
@@ -76,5 +82,6 @@ def main(source, precision, calib, calib_samples, eval_data, out, min_batch, opt
         click.echo(f"checkpoint: {source} (newest runs/*/best.pt)")
     request = ExportRequest(source=source, out=out, precision=precision, calib=calib, calib_samples=calib_samples,
                             eval_data=eval_data, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
-                            workspace_gb=workspace_gb, timing_cache=timing_cache, strict=strict, force=force)
+                            workspace_gb=workspace_gb, timing_cache=timing_cache,
+                            version_compatible=version_compatible, strict=strict, force=force)
     run_export(request, echo=click.echo, warn=lambda message: click.echo(f"Warning: {message}", err=True))

@@ -43,6 +43,7 @@ class ExportRequest:
     max_batch: int = 256
     workspace_gb: float = 4.0
     timing_cache: Path | None = None
+    version_compatible: bool = False  # a plan newer TensorRT runtimes (lean, dispatch) can run
     strict: bool = False
     force: bool = False
 
@@ -99,6 +100,8 @@ def finish_command(req: ExportRequest, onnx_path: Path) -> str:
     parts = ["dcx-export", os.fspath(onnx_path), "--out", os.fspath(req.out),
              "--min-batch", str(req.min_batch), "--opt-batch", str(req.opt_batch), "--max-batch", str(req.max_batch),
              "--workspace-gb", f"{req.workspace_gb:g}"]
+    if req.version_compatible:
+        parts.append("--version-compatible")
     if req.eval_data is not None:
         parts += ["--eval", os.fspath(req.eval_data)]
     return " ".join(shlex.quote(p) for p in parts)
@@ -216,8 +219,11 @@ def _verify_plan(check: _Verification, plan: Path, reference, reference_name: st
 
 def _build(req: ExportRequest, onnx_path: Path, echo) -> Path:
     plan = build_plan(onnx_path, req.out, min_batch=req.min_batch, opt_batch=req.opt_batch, max_batch=req.max_batch,
-                      workspace_gb=req.workspace_gb, timing_cache=req.timing_cache)
-    echo(f"wrote {plan} (TensorRT, batch {req.min_batch}/{req.opt_batch}/{req.max_batch}) and {sidecar_path(plan).name}")
+                      workspace_gb=req.workspace_gb, timing_cache=req.timing_cache,
+                      version_compatible=req.version_compatible)
+    kind = ", version-compatible" if req.version_compatible else ""
+    echo(f"wrote {plan} (TensorRT{kind}, batch {req.min_batch}/{req.opt_batch}/{req.max_batch}) and "
+         f"{sidecar_path(plan).name}")
     return plan
 
 

@@ -7,7 +7,7 @@ on TensorRT 11 always (the flag is deprecated and ignored there).
 
 A plan is only valid for the GPU model and TensorRT version that built it, and it carries no
 model card, so its sidecar ``<plan>.json`` records both the card and the build environment;
-:func:`dcx.core.artefact.check_plan_compat` refuses a plan from another GPU or TensorRT
+:mod:`dcx.engine.backends.trt_runtime` refuses a plan from another GPU or TensorRT
 version *before* TensorRT deserializes it (a mismatched plan can take the process down).
 
 The timing cache (measured kernel timings) persists across builds: per TensorRT version and
@@ -20,9 +20,10 @@ import os
 import time
 from pathlib import Path
 
-from dcx.core.artefact import INPUT_NAME, build_environment, read_sidecar, sha256_file, sidecar_path
+from dcx.core.artefact import INPUT_NAME, read_sidecar, sha256_file, sidecar_path
 from dcx.core.errors import DcxError
 from dcx.core.files import atomic_path, write_json
+from dcx.engine.backends.trt_runtime import import_runtime
 
 #: Exit status of dcx-export when the ONNX artefacts were written but the plan could not be built.
 EXIT_PLAN_NOT_BUILT = 3
@@ -30,10 +31,12 @@ EXIT_PLAN_NOT_BUILT = 3
 
 def tensorrt_unavailable_reason() -> str | None:
     """Why no plan can be built here (one phrase), or None when TensorRT and a GPU are present."""
-    try:
-        import tensorrt  # noqa: F401
-    except (ImportError, OSError):  # also PyPI placeholder wheels and missing CUDA libraries
-        return "the tensorrt Python package is not installed"
+    module, problem = import_runtime("full")
+    if module is None:
+        return problem or ("the tensorrt Python package is not installed (the full builder comes from NVIDIA's "
+                           "index, not PyPI)")
+    if not hasattr(module, "Builder"):
+        return f"{module.__name__} has no builder (a runtime-only installation)"
     import torch
 
     if not torch.cuda.is_available():
@@ -48,8 +51,13 @@ def default_timing_cache(environment: dict) -> Path:
 
 
 def build_plan(onnx_path: str | os.PathLike, out: str | os.PathLike, *, min_batch: int = 1, opt_batch: int = 64,
-               max_batch: int = 256, workspace_gb: float = 4.0, timing_cache: Path | None = None) -> Path:
-    """Build ``out`` (a serialized engine) from an exported ONNX file and write ``<out>.json``."""
+               max_batch: int = 256, workspace_gb: float = 4.0, timing_cache: Path | None = None,
+               version_compatible: bool = False) -> Path:
+    """Build ``out`` (a serialized engine) from an exported ONNX file and write ``<out>.json``.
+
+    ``version_compatible``: ``BuilderFlag.VERSION_COMPATIBLE`` with the lean runtime embedded, so
+    newer TensorRT runtimes of the same major version -- the lean and dispatch runtimes from PyPI
+    too -- can run the plan on this GPU model (a little slower to load; the sidecar says so)."""
     import tensorrt as trt
 
     onnx_path, out = Path(onnx_path), Path(out)
@@ -70,6 +78,8 @@ def build_plan(onnx_path: str | os.PathLike, out: str | os.PathLike, *, min_batc
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    if version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, (min_batch, 1, size, size), (opt_batch, 1, size, size), (max_batch, 1, size, size))
     config.add_optimization_profile(profile)
@@ -89,6 +99,7 @@ def build_plan(onnx_path: str | os.PathLike, out: str | os.PathLike, *, min_batc
     artefact = {**source["artefact"], "onnx_sha256": sha256_file(onnx_path), "plan_sha256": sha256_file(out),
                 "source_onnx": onnx_path.name}
     tensorrt = {**environment, "precision": artefact["precision"], "strongly_typed": True,
+                "version_compatible": version_compatible, "lean_runtime_embedded": version_compatible,
                 "profile": {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch},
                 "workspace_bytes": int(workspace_gb * (1 << 30)), "timing_cache": os.fspath(cache_path),
                 "build_seconds": round(build_seconds, 1)}
@@ -107,3 +118,14 @@ def _strongly_typed_flags(trt) -> int:
 def _write_bytes_atomic(path: Path, data) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(memoryview(data))
+
+
+def build_environment() -> dict:
+    """TensorRT version and the GPU a plan built now is tied to (recorded in its sidecar, where
+    :mod:`dcx.engine.backends.trt_runtime` reads it before any runtime loads the plan)."""
+    import tensorrt as trt
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    return {"version": trt.__version__, "gpu_name": torch.cuda.get_device_name(),
+            "compute_capability": f"{major}.{minor}"}

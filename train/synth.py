@@ -29,12 +29,17 @@ import numpy as np
 
 from dcx.core.errors import DcxError
 
+from .lossless_jpeg import encode_lossless_jpeg
+
 PATTERNS = ("covid", "normal", "pneumonia")
 FORMATS = ("png", "jpg", "dcm")
 #: DICOM variants the archive cycles through, in this order.
 ARCHIVE_DICOM_VARIANTS = ("explicit-le-12bit", "monochrome1", "jpeg-baseline", "jpeg2000", "rle")
-#: Every variant :func:`write_dicom` can write (the archive ones plus two more real-archive cases).
-DICOM_VARIANTS = ARCHIVE_DICOM_VARIANTS + ("implicit-le-12bit", "jpeg-ls")
+#: Every variant :func:`write_dicom` can write (the archive ones plus more real-archive cases;
+#: lossless JPEG: first-order prediction (.70), which DALI decodes on a GPU, and predictor 7 (.57)).
+DICOM_VARIANTS = ARCHIVE_DICOM_VARIANTS + ("implicit-le-12bit", "jpeg-ls", "jpeg-lossless-sv1", "jpeg-lossless")
+#: The predictor (selection value) each lossless JPEG variant is written with.
+LOSSLESS_JPEG_PREDICTOR = {"jpeg-lossless-sv1": 1, "jpeg-lossless": 7}
 #: Every third PNG is 16-bit, as some exporters write them.
 PNG16_EVERY = 3
 #: Of every FOLLOW_UP_EVERY films of a class (the first ones), two are one patient's first and
@@ -51,6 +56,8 @@ _TS = {
     "jpeg2000": "1.2.840.10008.1.2.4.90",
     "rle": "1.2.840.10008.1.2.5",
     "jpeg-ls": "1.2.840.10008.1.2.4.80",
+    "jpeg-lossless-sv1": "1.2.840.10008.1.2.4.70",
+    "jpeg-lossless": "1.2.840.10008.1.2.4.57",
 }
 _SOP_CLASS = {"DX": "1.2.840.10008.5.1.4.1.1.1.1", "CR": "1.2.840.10008.5.1.4.1.1.1"}
 
@@ -282,6 +289,8 @@ def write_dicom(path: str | os.PathLike, pixels: np.ndarray, variant: str, *, bi
 
     if variant == "jpeg-baseline":
         _set_jpeg_baseline(ds, stored)
+    elif variant in LOSSLESS_JPEG_PREDICTOR:
+        _set_lossless_jpeg(ds, stored, bits, variant)
     elif variant in ("jpeg2000", "rle", "jpeg-ls"):
         ds.PixelData = stored.tobytes()
         ds.compress(_TS[variant], encoding_plugin="pylibjpeg" if variant == "rle" else "",
@@ -325,6 +334,17 @@ def _set_jpeg_baseline(ds, stored: np.ndarray) -> None:
     ds.LossyImageCompressionMethod = "ISO_10918_1"
     ds.LossyImageCompressionRatio = f"{stored.size / len(buf.getvalue()):.2f}"
     ds.file_meta.TransferSyntaxUID = UID(_TS["jpeg-baseline"])
+
+
+def _set_lossless_jpeg(ds, stored: np.ndarray, bits: int, variant: str) -> None:
+    """Lossless JPEG (process 14) from :mod:`dcx.train.lossless_jpeg`, one fragment."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import UID
+
+    ds.PixelData = encapsulate([encode_lossless_jpeg(stored, bits, LOSSLESS_JPEG_PREDICTOR[variant])])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = UID(_TS[variant])
 
 
 # --------------------------------------------------------------------------- archive

@@ -1,12 +1,14 @@
 """Inference backends behind one interface; the model file's extension picks the backend.
 
-=====================  ============================  ======================================
-file                   backend                       runs on
-=====================  ============================  ======================================
-``.plan``, ``.engine``  TensorRT (``dcx[gpu]``)       the NVIDIA GPU it was built for
-``.onnx``              ONNX Runtime                  CUDA provider when present, else CPU
+=====================  ==============================  ======================================
+file                   backend                         runs on
+=====================  ==============================  ======================================
+``.plan``, ``.engine``  TensorRT (full; version-         the NVIDIA GPU model it was built for
+                       compatible plans also the lean  (:mod:`.trt_runtime` picks the runtime)
+                       or dispatch runtime)
+``.onnx``              ONNX Runtime                    CUDA provider when present, else CPU
 ``.pt``                PyTorch (``dcx-train`` output)  CUDA when present, else CPU
-=====================  ============================  ======================================
+=====================  ==============================  ======================================
 
 Example::
 

@@ -51,6 +51,10 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
             raise DcxError(f"{path}: ONNX Runtime cannot load it ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from exc
+        if cuda and not got_cuda(self.session):
+            if device == "cuda":
+                raise DcxError(CUDA_FELL_BACK)
+            self.device = torch.device("cpu")  # auto: say where it really runs
         inputs = self.session.get_inputs()
         outputs = [o.name for o in self.session.get_outputs()]
         if [i.name for i in inputs] != [INPUT_NAME] or not set(OUTPUT_NAMES) <= set(outputs):
@@ -75,6 +79,18 @@ class OnnxRuntimeBackend(Backend):
 
     def _release(self) -> None:
         del self.session
+
+
+#: ONNX Runtime drops the CUDA provider, with a warning the log level hides, when its CUDA or cuDNN
+#: libraries are missing or of another major version than the onnxruntime-gpu build expects.
+CUDA_FELL_BACK = ("device cuda: ONNX Runtime could not start its CUDA provider (CUDA or cuDNN libraries missing "
+                  "or not the versions this onnxruntime-gpu build needs) and would run on the CPU; install the "
+                  "matching nvidia-*-cu13 libraries or use device cpu")
+
+
+def got_cuda(session) -> bool:
+    """Whether ``session`` really runs on the CUDA provider (it falls back to the CPU silently)."""
+    return "CUDAExecutionProvider" in session.get_providers()
 
 
 def cpu_tuned_options(threads: int | None = None):

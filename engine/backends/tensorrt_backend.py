@@ -6,10 +6,11 @@ tensors, ``execute_async_v3``. Input and output buffers are allocated once, at t
 batch of the plan's optimization profile, and reused; larger batches are split by
 :meth:`Backend.infer`. TensorRT is imported only here, when a plan is opened.
 
-A plan only runs on the GPU model and TensorRT version that built it, and carries no model
-card, so the sidecar ``<plan>.json`` supplies both: the card, and what the plan was built
-with, checked before TensorRT ever sees the file (a mismatched plan can crash the process
-instead of failing cleanly).
+A plan only runs on the GPU model and TensorRT version that built it (a version-compatible
+plan: on that GPU with any newer runtime of the same major version, the lean and dispatch
+runtimes from PyPI included; :mod:`.trt_runtime`), and carries no model card, so the sidecar
+``<plan>.json`` supplies both: the card, and what the plan was built with, checked before
+TensorRT ever sees the file (a mismatched plan can crash the process instead of failing cleanly).
 """
 from __future__ import annotations
 
@@ -19,22 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dcx.core.artefact import INPUT_NAME, OUTPUT_NAMES, check_plan_compat, read_card, read_sidecar
+from dcx.core.artefact import INPUT_NAME, OUTPUT_NAMES, read_card, read_sidecar
 from dcx.core.errors import DcxError
 
 from .base import Backend
-
-NO_TENSORRT = ("reading .plan files needs TensorRT (pip install 'dcx[gpu]') and an NVIDIA GPU; "
-               "use the .onnx artefact on this machine")
-
-
-def import_tensorrt():
-    """The ``tensorrt`` module, or the one-line DcxError that tells the user what to do."""
-    try:
-        import tensorrt
-    except (ImportError, OSError) as exc:  # also placeholder wheels and missing CUDA libraries
-        raise DcxError(NO_TENSORRT) from exc
-    return tensorrt
+from .trt_runtime import NO_RUNTIME, open_runtime
 
 
 class TensorRTBackend(Backend):
@@ -46,15 +36,22 @@ class TensorRTBackend(Backend):
         if device == "cpu":
             raise DcxError(f"{path.name} is a TensorRT plan, which runs on an NVIDIA GPU only; "
                            "use the .onnx artefact with device cpu")
-        trt = import_tensorrt()
         if not torch.cuda.is_available():
-            raise DcxError(NO_TENSORRT)
+            raise DcxError(NO_RUNTIME)
         self.card = read_card(path)
-        check_plan_compat(path)
-        self.precision = (read_sidecar(path) or {}).get("artefact", {}).get("precision", "unknown")
+        sidecar = read_sidecar(path) or {}
+        built = sidecar.get("tensorrt")
+        if not built:
+            raise DcxError(f"{path.name} has no TensorRT build record in its sidecar; rebuild it with dcx-export")
+        major, minor = torch.cuda.get_device_capability()
+        here = {"gpu_name": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
+        trt, self.runtime_kind = open_runtime(built, here, name=path.name)
+        self.precision = sidecar.get("artefact", {}).get("precision", "unknown")
         self.device = torch.device("cuda", torch.cuda.current_device())
         self._logger = trt.Logger(trt.Logger.WARNING)  # must outlive the runtime
         self._runtime = trt.Runtime(self._logger)
+        if built.get("version_compatible"):  # the embedded lean runtime runs as host code
+            self._runtime.engine_host_code_allowed = True
         self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self._engine is None:
             raise DcxError(f"{path}: TensorRT cannot deserialize this plan (corrupt or truncated file)")

@@ -40,7 +40,7 @@ def model_files(tmp_path_factory):
 
 
 def _plan(model_files):
-    pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install 'dcx[gpu]')")
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (full builder: NVIDIA's index; see README)")
     build = pytest.importorskip("dcx.export.tensorrt_build", reason="no TensorRT plan builder in dcx.export")
     _, _, files = model_files
     plan = files["onnx"].with_suffix(".plan")

@@ -17,7 +17,7 @@ import torch
 
 from conftest import invoke
 from dcx.core import metrics
-from dcx.core.artefact import CARD_KEY, check_plan_compat, read_card, read_precision, sidecar_path
+from dcx.core.artefact import CARD_KEY, read_card, read_precision, sidecar_path
 from dcx.core.card import ModelCard, load_checkpoint, save_checkpoint
 from dcx.core.errors import DcxError
 from dcx.core.models import create_model, list_models
@@ -170,22 +170,6 @@ def test_plan_without_tensorrt_writes_onnx_and_says_how_to_finish(trained_checkp
 
     again = invoke(main, [tmp_path / "m.onnx", "--out", plan], expect_exit=3)  # the command it printed
     assert "needs TensorRT and an NVIDIA GPU" in again.output and not plan.exists()
-
-
-BUILT = {"version": "10.3.0", "gpu_name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0"}
-
-
-def test_check_plan_compat_refuses_another_gpu_or_tensorrt_naming_both():
-    sidecar = {"card": {}, "artefact": {"source_onnx": "m.onnx"}, "tensorrt": BUILT}
-    check_plan_compat(sidecar, current=dict(BUILT))
-    here = {"version": "10.8.0", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
-    with pytest.raises(DcxError) as err:
-        check_plan_compat(sidecar, current=here)
-    message = err.value.message
-    for value in [*BUILT.values(), *here.values(), "dcx-export m.onnx"]:
-        assert value in message
-    with pytest.raises(DcxError, match="TensorRT 10.3.0"):
-        check_plan_compat(sidecar, current={**BUILT, "version": "10.3.1"})
 
 
 @pytest.mark.gpu
