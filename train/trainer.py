@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from . import metrics
+from . import drift, metrics
 from .card import ModelCard, load_checkpoint, save_checkpoint
 from .data import (SPLITS, EpochSampler, ImageDataset, Sample, check_trainable, class_counts, collate_skipping, data_fingerprint,
                    inverse_frequency_weights, read_samples, split_samples, write_manifest)
@@ -366,7 +366,9 @@ class Run:
         card.threshold, card.threshold_policy = threshold, policy
         card.metrics = {"validation": {"auc": metrics.roc_auc(y, p), "average_precision": metrics.average_precision(y, p),
                                        "epoch": self.best_epoch, "n": int(len(y)),
-                                       **metrics.operating_point(y, p, threshold)}}
+                                       **metrics.operating_point(y, p, threshold),
+                                       # the reference for drift of nightly scores (dcx.train.drift)
+                                       "score_histogram": drift.score_histogram(p.tolist())}}
         card.training.update(best_epoch=self.best_epoch, unreadable_images=len(self.unreadable))
         save_checkpoint(self.out / BEST, state_dict, card)
         write_json(self.out / CARD, card.to_dict())
