@@ -33,6 +33,7 @@ from typing import Iterable, Iterator
 
 from dcx.train.drift import BINS, add_score
 from dcx.train.files import write_json
+from dcx.train.site import SiteThreshold
 
 from .discover import Candidate, discover
 from .results import RowSchema, display_path, format_for, open_writer
@@ -70,7 +71,7 @@ class ScreenOptions:
     #: Score only this shard's files (see dcx.engine.shard); None: the whole archive.
     shard: Shard | None = None
     #: A site's own threshold (dcx.train.site.SiteThreshold) instead of the model card's.
-    site: object = None
+    site: SiteThreshold | None = None
 
 
 @dataclass

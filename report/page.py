@@ -103,7 +103,7 @@ def _metadata(summary: dict, rows: list[dict], threshold: float | None) -> str:
         how += "; rows mix " + ", ".join(f"{k} ({v})" for k, v in sources.items())
     items = [
         ("Model", f"{_e(model.get('arch', '?'))} &middot; id <code>{_e(summary.get('model_id'))}</code>"),
-        ("Classes", ", ".join(_e(c) for c in model.get("classes") or []) + f" (positive: {_e(model.get('positive'))})"),
+        ("Classes", ", ".join(_e(c) for c in _list(model.get("classes"))) + f" (positive: {_e(model.get('positive'))})"),
         ("Threshold", f"{_num(threshold, 4)} ({_e(source)}); {_e(how)}"),
         ("Engine", f"<code>{_e(summary.get('engine'))}</code> &middot; {_e(summary.get('backend'))} &middot; "
                    f"{_e(summary.get('precision'))} on {_e(summary.get('device'))}"),
@@ -326,6 +326,10 @@ def _threshold(summary: dict, rows: list[dict]) -> float | None:
     if not isinstance(value, (int, float)):
         value = next((r.get("threshold") for r in rows if isinstance(r.get("threshold"), (int, float))), None)
     return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _list(value) -> list:
+    return value if isinstance(value, list) else []
 
 
 def _shares(counts: list[int]) -> list[float]:
