@@ -23,6 +23,7 @@ import pytest
 from conftest import invoke
 from dcx.engine.cli import main as infer
 from dcx.engine.results import RowSchema, open_writer, read_rows
+from dcx.export.cli import main as export
 from dcx.report.cli import main as report
 from dcx.train import drift
 from dcx.train.calibrate_cli import main as calibrate
@@ -200,6 +201,14 @@ def test_drift_across_nights_warns_when_scores_move(trained_checkpoint, synth_ar
     assert page_marks(dom)["report"] == "ready" and 'id="trend"' in dom
 
 
+@needs_chromium
+def test_the_browser_check_catches_a_script_error(tmp_path, artefacts):
+    page = tmp_path / "broken.html"
+    page.write_text("<!DOCTYPE html><html><body><p>broken</p><script>undefinedFunction();</script></body></html>")
+    with pytest.raises(AssertionError, match="Uncaught ReferenceError"):
+        open_in_chromium(page, tmp_path, artefacts)
+
+
 def test_report_without_validation_distribution_or_ood_columns_says_so(screened, tmp_path):
     summary = summary_of(screened)
     del summary["model"]["validation"]  # a model trained before the card stored it
@@ -280,6 +289,11 @@ def test_calibrate_writes_a_site_file_that_dcx_infer_applies(trained_run, traine
         assert row["threshold"] == pytest.approx(payload["threshold"]) and row["threshold_source"] == "site"
         if row["status"] == "ok":
             assert row["flagged"] == (row["p_positive"] >= payload["threshold"])
+
+    onnx = tmp_path / "m.onnx"  # an exported artefact carries the checkpoint's card, so the site file fits it
+    invoke(export, [trained_checkpoint, "--precision", "fp32", "--out", onnx])
+    invoke(infer, ["--engine", onnx, archive, "--out", tmp_path / "o.csv", "--site", site], expect_exit=3)
+    assert {r["threshold_source"] for r in read_rows(tmp_path / "o.csv")} == {"site"}
 
     payload["model_id"] = "0123456789ab"
     foreign = tmp_path / "foreign.json"
