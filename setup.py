@@ -11,6 +11,7 @@ PACKAGES = {
     "dcx.export": "export",
     "dcx.engine": "engine",
     "dcx.benchmarks": "benchmarks",
+    "dcx.report": "report",
 }
 
 setup(
@@ -22,6 +23,7 @@ setup(
     python_requires=">=3.10",
     packages=list(PACKAGES),
     package_dir=PACKAGES,
+    package_data={"dcx.report": ["report.css", "report.js"]},
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",
@@ -61,9 +63,11 @@ setup(
             "dcx-synth=dcx.train.synth_cli:main",
             "dcx-train=dcx.train.train_cli:main",
             "dcx-eval=dcx.train.eval_cli:main",
+            "dcx-calibrate=dcx.train.calibrate_cli:main",
             "dcx-export=dcx.export.cli:main",
             "dcx-infer=dcx.engine.cli:main",
             "dcx-merge=dcx.engine.merge:main",
+            "dcx-report=dcx.report.cli:main",
             "dcx-bench=dcx.benchmarks.cli:main",
         ]
     },

@@ -8,6 +8,7 @@ import click
 from dcx.core.devices import DEVICE_CHOICES, check_device, gpu_available
 from dcx.core.errors import Command, DcxError
 from dcx.core.files import usable_cores
+from dcx.core.site import read_site
 
 from .ray_runner import RAY_HELP, parse_address, screen_on_ray  # Ray itself loads only when --ray runs
 from .results import FORMATS
@@ -62,12 +63,15 @@ def _default_decode_threads() -> int:
               help="Run summary JSON. Default: <out stem>.summary.json beside the output.")
 @click.option("--force", is_flag=True,
               help="Overwrite an existing output that no state database of this output accounts for.")
+@click.option("--site", "site_file", type=click.Path(path_type=Path), metavar="SITE.json",
+              help="Flag with this site's threshold (a dcx-calibrate file for this very model) instead of "
+                   "the model card's; rows say which in threshold_source.")
 @click.option("--shard", type=SHARD, help=SHARD_HELP)
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", metavar="[ADDRESS]", help=RAY_HELP)
 @click.option("--ray-timeout", default=600.0, show_default=True, type=click.FloatRange(min=1),
               metavar="SECONDS", help="With --ray: stop with an error when no batch finishes for this long.")
 def main(archive, engine, out, fmt, batch_size, decode_threads, device, include, exclude, files_from,
-         state, no_state, heatmaps, include_phi, series_rules, summary, force, shard, ray_address, ray_timeout):
+         state, no_state, heatmaps, include_phi, series_rules, summary, force, shard, site_file, ray_address, ray_timeout):
     """Screen ARCHIVE (a folder, searched recursively, or one file) and write one row per file:
     DICOM UIDs, per-class probabilities, the positive-class probability, flagged
     (p_positive >= the model's threshold), and status ok / skipped / error with the reason.
@@ -108,6 +112,7 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
     if files_from not in (None, "-") and not Path(files_from).is_file():
         raise DcxError(f"--files-from list not found: {files_from}")
 
+    site = read_site(site_file) if site_file is not None else None
     if batch_size is None:
         batch_size = _default_batch_size(device)
     default_fmt = "parquet" if ray_address is not None else "csv"
@@ -132,7 +137,7 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
         engine=engine, out=out, root=archive, files_from=files_from, fmt=fmt, include=include,
         exclude=exclude, state=state, heatmaps=heatmaps, summary=summary, batch_size=batch_size,
         decode_threads=decode_threads, device=device, include_phi=include_phi, series_rules=series_rules,
-        progress=True, shard=shard)
+        progress=True, shard=shard, site=site)
     try:
         if ray_address is None:
             result = screen(options)

@@ -89,7 +89,7 @@ def screen_on_ray(options: scoring.ScreenOptions, address: str = "local", *,
 
     ray = _import_ray()
     card = read_engine_card(options.engine)
-    schema = RowSchema.for_card(card, options.include_phi)
+    schema = RowSchema.for_card(card, options.include_phi, options.site)
     stats = scoring.Stats()
     backend_info = SimpleNamespace(name=None, precision=None, device=None)  # from the actors' replies
     ray_info = {"address": address, "actors": 0}
@@ -192,7 +192,7 @@ class _ScoreFiles:
         self.options = options
         self.backend = open_backend(options.engine, device=options.device,
                                     threads=1 if options.device == "cpu" else None)
-        self.schema = RowSchema.for_card(self.backend.card, options.include_phi)
+        self.schema = RowSchema.for_card(self.backend.card, options.include_phi, options.site)
         self.stats = scoring.Stats()
         self.backend_info = json.dumps({"name": self.backend.name, "precision": self.backend.precision,
                                         "device": str(self.backend.device)})

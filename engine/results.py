@@ -3,11 +3,13 @@
 Columns, in order (``patient_*`` only with ``--include-phi``; ``p_<class>`` per model class):
 
     path size mtime format study_uid series_uid sop_uid accession [patient_name patient_id]
-    p_<class>... predicted p_positive flagged threshold model_id status reason heatmap
+    p_<class>... predicted p_positive flagged threshold threshold_source model_id status reason heatmap
 
 ``status`` is ``ok`` (scored), ``skipped`` (not a radiograph to score, e.g. a DICOM structured
 report or a series rule) or ``error`` (could not be scored); ``reason`` says why for the
-last two. ``flagged`` is ``p_positive >= threshold`` (the convention of dcx.core.metrics).
+last two. ``flagged`` is ``p_positive >= threshold`` (the convention of dcx.core.metrics);
+``threshold_source`` says whose threshold that is: ``card`` (the model's) or ``site`` (a
+site file of ``dcx-calibrate``, see :mod:`dcx.core.site`).
 Scores are rounded to 6 decimals: finer than any model's meaningful precision, coarse
 enough to read.
 
@@ -35,7 +37,8 @@ STATUSES = ("ok", "skipped", "error")
 FILE_COLUMNS = ("path", "size", "mtime", "format")
 DICOM_COLUMNS = ("study_uid", "series_uid", "sop_uid", "accession")
 PHI_COLUMNS = ("patient_name", "patient_id")
-RESULT_COLUMNS = ("predicted", "p_positive", "flagged", "threshold", "model_id", "status", "reason", "heatmap")
+RESULT_COLUMNS = ("predicted", "p_positive", "flagged", "threshold", "threshold_source", "model_id", "status",
+                  "reason", "heatmap")
 
 DECIMALS = 6
 
@@ -60,6 +63,7 @@ class RowSchema:
     threshold: float
     model_id: str
     include_phi: bool = False
+    threshold_source: str = "card"
 
     def __post_init__(self):
         if "positive" in self.classes and self.positive != "positive":
@@ -67,9 +71,13 @@ class RowSchema:
                            "the result column p_positive")
 
     @classmethod
-    def for_card(cls, card, include_phi: bool = False) -> "RowSchema":
-        """The schema of a model card (:class:`dcx.core.card.ModelCard`)."""
-        return cls(tuple(card.classes), card.positive, float(card.threshold), card.model_id, include_phi)
+    def for_card(cls, card, include_phi: bool = False, site=None) -> "RowSchema":
+        """The schema of a model card (:class:`dcx.core.card.ModelCard`); a site file
+        (:class:`dcx.core.site.SiteThreshold`) replaces the card's threshold, for its model only."""
+        if site is None:
+            return cls(tuple(card.classes), card.positive, float(card.threshold), card.model_id, include_phi)
+        site.check_model(card.model_id)
+        return cls(tuple(card.classes), card.positive, float(site.threshold), card.model_id, include_phi, "site")
 
     @property
     def columns(self) -> list[str]:
@@ -104,11 +112,18 @@ class RowSchema:
             scores = {f"p_{c}": v for c, v in zip(self.classes, values)}
             predicted = self.classes[max(range(len(values)), key=values.__getitem__)]
             p_positive = scores[f"p_{self.positive}"]
-            flagged = p_positive >= self.threshold
         row.update(scores)
-        row.update(predicted=predicted, p_positive=p_positive, flagged=flagged, threshold=self.threshold,
-                   model_id=self.model_id, status=status, reason=reason, heatmap=heatmap)
-        return {c: row.get(c) for c in self.columns}
+        row.update(predicted=predicted, p_positive=p_positive, model_id=self.model_id, status=status,
+                   reason=reason, heatmap=heatmap)
+        return self.apply_threshold({c: row.get(c) for c in self.columns})
+
+    def apply_threshold(self, row: dict) -> dict:
+        """Set ``flagged``, ``threshold`` and ``threshold_source`` of a row from this schema, so a
+        row reused from the state database follows tonight's threshold without being rescored."""
+        p = row.get("p_positive")
+        row.update(flagged=None if p is None else p >= self.threshold, threshold=self.threshold,
+                   threshold_source=self.threshold_source)
+        return row
 
 
 def display_path(path: str) -> str:

@@ -59,7 +59,7 @@ def screen(options: ScreenOptions) -> dict:
         backend = stack.enter_context(open_backend(options.engine, device=options.device))
         stats.add_time("setup", time.perf_counter() - t0)
         card = backend.card
-        schema = RowSchema.for_card(card, options.include_phi)
+        schema = RowSchema.for_card(card, options.include_phi, options.site)
         state = None
         if options.state:
             state = stack.enter_context(StateDB(options.state, state_profile(card.model_id, options)))

@@ -22,6 +22,8 @@ from typing import Iterable, Iterator
 from dcx.core.card import dcx_version
 from dcx.core.devices import device_of
 from dcx.core.dicom import SeriesRules
+from dcx.core.drift import BINS, add_score
+from dcx.core.site import SiteThreshold
 
 from .decode import Decoder
 from .discover import Candidate, discover
@@ -59,6 +61,8 @@ class ScreenOptions:
     progress: bool = False
     #: Score only this shard's files (see dcx.engine.shard); None: the whole archive.
     shard: Shard | None = None
+    #: A site's own threshold (dcx.core.site.SiteThreshold) instead of the model card's.
+    site: SiteThreshold | None = None
 
 
 @dataclass
@@ -96,6 +100,9 @@ class Stats:
         self.reasons = Counter()
         #: rows this run: all, decoded this run, reused from state, scored ok this run, flagged
         self.files = self.decoded = self.reused = self.inferred = self.flagged = 0
+        #: p_positive histograms (dcx.core.drift): of every row, and of the rows scored this run
+        self.scores_all, self.scores_new = [0] * BINS, [0] * BINS
+        self.flagged_new = 0
         self.started = time.time()
         self._t0 = time.perf_counter()
         self._cpu0 = time.process_time()
@@ -217,7 +224,7 @@ def _syntax_label(uid: str) -> str:
 def _reused_row(schema: RowSchema, stored: dict, c: Candidate) -> dict:
     row = {col: stored.get(col) for col in schema.columns}
     row["path"] = display_path(c.path)
-    return row
+    return schema.apply_threshold(row)
 
 
 def _save_heatmap(image, cam, path: str, folder: Path) -> str:
@@ -232,7 +239,11 @@ def count_rows(rows: list[dict], chunk: Chunk, stats: Stats) -> None:
     stats.decoded += len(chunk.todo)
     stats.inferred += sum(rows[i]["status"] == "ok" for i in chunk.todo)
     stats.reused += len(chunk.reused)
+    for i in chunk.todo:
+        add_score(stats.scores_new, rows[i]["p_positive"])
+        stats.flagged_new += bool(rows[i]["flagged"])
     for row in rows:
+        add_score(stats.scores_all, row["p_positive"])
         stats.status[row["status"]] += 1
         stats.flagged += bool(row["flagged"])
         if row["format"]:
@@ -249,7 +260,11 @@ def run_summary(options: ScreenOptions, backend, card, stats: Stats, completed: 
         "dcx_version": dcx_version(),
         "model_id": card.model_id,
         "model": {"arch": card.arch, "classes": list(card.classes), "positive": card.positive,
-                  "threshold": card.threshold, "input_size": card.input_size},
+                  "threshold": card.threshold, "threshold_policy": card.threshold_policy,
+                  "input_size": card.input_size, "validation": card.metrics.get("validation")},
+        "threshold": options.site.threshold if options.site else card.threshold,
+        "threshold_source": "site" if options.site else "card",
+        "site": options.site.to_dict() if options.site else None,
         "engine": str(options.engine),
         "backend": backend.name,
         "precision": backend.precision,
@@ -263,6 +278,7 @@ def run_summary(options: ScreenOptions, backend, card, stats: Stats, completed: 
         "flagged": stats.flagged,
         "decoded_this_run": stats.decoded,
         "scored_this_run": stats.inferred,
+        "flagged_this_run": stats.flagged_new,
         "reused_from_state": stats.reused,
         "images_per_s": round(stats.inferred / busy, 2) if busy > 0 else None,
         "files_per_s": round(stats.files / wall, 2) if wall > 0 else None,
@@ -273,6 +289,7 @@ def run_summary(options: ScreenOptions, backend, card, stats: Stats, completed: 
         "formats": dict(stats.formats.most_common()),
         "transfer_syntaxes": dict(stats.transfer_syntaxes.most_common()),
         "top_error_reasons": dict(stats.reasons.most_common(20)),
+        "score_histogram": {"all": stats.scores_all, "scored_this_run": stats.scores_new},
         "batch_size": options.batch_size,
         "decode_threads": options.decode_threads,
         "started": datetime.fromtimestamp(stats.started, tz=timezone.utc).isoformat(timespec="seconds"),

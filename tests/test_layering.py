@@ -19,6 +19,7 @@ ALLOWED = {
     "train": {"core", "train"},
     "engine": {"core", "engine"},
     "export": {"core", "train", "engine", "export"},
+    "report": {"core", "train", "engine", "report"},
     "benchmarks": {"core", "train", "engine", "export", "benchmarks"},
 }
 LAZY_BACKENDS = {f"engine.backends.{name}_backend" for name in ("tensorrt", "onnxruntime", "torch")}

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from dcx.core import metrics
+from dcx.core import drift, metrics
 from dcx.core.card import ModelCard, load_checkpoint, save_checkpoint
 from dcx.core.devices import torch_device
 from dcx.core.progress import Progress
@@ -364,7 +364,9 @@ class Run:
         card.threshold, card.threshold_policy = threshold, policy
         card.metrics = {"validation": {"auc": metrics.roc_auc(y, p), "average_precision": metrics.average_precision(y, p),
                                        "epoch": self.best_epoch, "n": int(len(y)),
-                                       **metrics.operating_point(y, p, threshold)}}
+                                       **metrics.operating_point(y, p, threshold),
+                                       # the reference for drift of nightly scores (dcx.core.drift)
+                                       "score_histogram": drift.score_histogram(p.tolist())}}
         card.training.update(best_epoch=self.best_epoch, unreadable_images=len(self.unreadable))
         save_checkpoint(self.out / BEST, state_dict, card)
         write_json(self.out / CARD, card.to_dict())

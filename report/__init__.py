@@ -1,0 +1,1 @@
+"""Self-contained HTML reports of screening runs, with drift over nights."""
