@@ -10,8 +10,10 @@ from pathlib import Path
 import click
 
 from dcx.core.errors import DcxError, Group
+from dcx.core.models import list_models
 from dcx.core.progress import clock
 
+from . import arch_cost
 from . import gpu_check as gc
 from . import report as rep
 from .archive import MODES, replicate
@@ -142,6 +144,41 @@ def model(engines, batch_sizes, size, warmup, repeat, out, markdown, force):
     report = {"kind": "model", "created": rep.stamp(), "machine": machine,
               "loadavg_after": rep.machine()["loadavg"], "models": records}
     text = model_markdown(records, machine)
+    rep.write_reports(report, out, markdown, text)
+    click.echo(text)
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--archs", default=",".join(list_models()), show_default=True,
+              help="Comma-separated registry architectures.")
+@click.option("--size", default=224, show_default=True, type=click.IntRange(16), help="Input size in pixels.")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--repeat", default=5, show_default=True, type=click.IntRange(1), help="Timed calls per model.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report here.")
+@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), help="Write the Markdown table here.")
+@click.option("--force", is_flag=True, help="Overwrite existing report files.")
+def archs(archs, size, batch_size, repeat, out, markdown, force):
+    """Parameters, GFLOPs and model-only images/s of each architecture's FP32 ONNX graph (random
+    weights; exported and verified by dcx-export's own pipeline) on this machine: which network
+    a CPU-only site can afford.
+
+    \b
+    Examples:
+      dcx-bench archs
+      dcx-bench archs --archs resnet18,mobilenet_v2 --size 224 --batch-size 16 --repeat 10
+    """
+    names = [a.strip() for a in archs.split(",") if a.strip()]
+    unknown = sorted(set(names) - set(list_models()))
+    if unknown:
+        raise DcxError(f"unknown architecture {', '.join(unknown)}; choose from {', '.join(list_models())}")
+    rep.check_writable(out, markdown, force=force)
+    machine = rep.machine()
+    with _workdir(None) as folder:
+        records = arch_cost.measure_architectures(names, folder, size=size, batch_size=batch_size,
+                                                  repeat=repeat, log=_log)
+    report = {"kind": "archs", "created": rep.stamp(), "machine": machine,
+              "loadavg_after": rep.machine()["loadavg"], "architectures": records}
+    text = arch_cost.markdown(records, machine)
     rep.write_reports(report, out, markdown, text)
     click.echo(text)
 

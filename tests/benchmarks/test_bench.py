@@ -150,3 +150,18 @@ def test_archive_replicates_files_as_links(synth_archive, tmp_path):
     made = sorted(p for p in out.rglob("*") if p.is_file())
     assert len(made) == 25
     assert all(os.stat(p).st_nlink >= 2 for p in made)  # hard links: no disk spent
+
+
+def test_archs_reports_cost_and_speed_of_each_exported_graph(tmp_path):
+    from dcx.core.models import model_cost
+
+    result = invoke(main, ["archs", "--archs", "squeezenet1_1,mobilenet_v2", "--size", 64, "--batch-size", 4,
+                           "--repeat", 1, "--out", tmp_path / "a.json"])
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert [r["arch"] for r in report["architectures"]] == ["squeezenet1_1", "mobilenet_v2"]
+    for record in report["architectures"]:
+        assert record["params"] == model_cost(record["arch"], 64)["params"]
+        assert record["images_per_s"] > 0 and record["cpu_ms_per_image"] > 0
+    assert "| mobilenet_v2 |" in result.output
+    refused = invoke(main, ["archs", "--archs", "vgg16"], expect_exit=1)
+    assert refused.output.startswith("Error: unknown architecture vgg16")
