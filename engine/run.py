@@ -68,6 +68,12 @@ class ScreenOptions:
     progress: bool = False
     #: Score only this shard's files (see dcx.engine.shard); None: the whole archive.
     shard: Shard | None = None
+    #: A DICOMweb server instead of a folder (a dcx.engine.dicomweb.DicomWebSource).
+    dicomweb: object | None = None
+    #: Structured Reports of scored DICOM rows: STOW-RS to this DicomWebClient and/or files in
+    #: this folder (dcx.engine.sr); the rows gain an sr_status column.
+    sr_store: object | None = None
+    sr_dir: Path | None = None
 
 
 @dataclass
@@ -145,21 +151,26 @@ def screen(options: ScreenOptions) -> dict:
         backend = stack.enter_context(open_backend(options.engine, device=backend_device))
         stats.add_time("setup", time.perf_counter() - t0)
         card = backend.card
-        schema = RowSchema.for_card(card, options.include_phi)
-        state = None
+        reporter = open_reporter(card, options)
+        schema = (RowSchema if reporter is None else reporter.schema).for_card(card, options.include_phi)
+        state = last_run = None
         if options.state:
             state = stack.enter_context(StateDB(options.state, state_profile(card.model_id, options)))
+            if options.dicomweb is not None:
+                last_run = options.dicomweb.last_run(state)
         writer = stack.enter_context(open_writer(options.out, schema.columns, options.fmt))
         producer = stack.enter_context(_Producer(
-            chunks(candidates(options), state, options.batch_size, stats),
-            lambda: open_decoder(card, backend, options), stats))
+            chunks(candidates(options, last_run=last_run), state, options.batch_size, stats),
+            lambda: open_decoder(card, backend, options), stats,
+            decode=options.dicomweb.decode if options.dicomweb is not None else None))
         progress = _Progress(options, stats) if options.progress else None
         try:
             for chunk in producer:
                 rows = score_chunk(chunk, backend, schema, options, stats)
                 t0 = time.perf_counter()
+                reported = send_reports(reporter, chunk, rows) if reporter is not None else []
                 if state is not None:  # commit first: the database is the source of truth
-                    state.record((chunk.files[i], rows[i]) for i in chunk.todo)
+                    state.record((chunk.files[i], rows[i]) for i in sorted(set(chunk.todo) | set(reported)))
                 writer.write(rows)
                 stats.add_time("write", time.perf_counter() - t0)
                 count_rows(rows, chunk, stats)
@@ -167,6 +178,8 @@ def screen(options: ScreenOptions) -> dict:
                     progress.update()
             writer.commit()
             completed = True
+            if state is not None and options.dicomweb is not None:
+                options.dicomweb.mark_completed(state, stats.started)
         finally:
             if progress:
                 progress.close()
@@ -182,8 +195,11 @@ def state_profile(model_id: str, options: ScreenOptions) -> str:
     return model_id + (":phi" if options.include_phi else "") + (":series-rules" if options.series_rules else "")
 
 
-def candidates(options: ScreenOptions, stat_files: bool = True) -> Iterator[Candidate]:
-    """The discovery stream of this run, never including dcx's own output files."""
+def candidates(options: ScreenOptions, stat_files: bool = True, last_run=None) -> Iterator[Candidate]:
+    """The discovery stream of this run, never including dcx's own output files. A DICOMweb
+    source lists its instances instead (``last_run``: when its last completed run started)."""
+    if options.dicomweb is not None:
+        return options.dicomweb.candidates(options.shard, last_run)
     skip = [p for p in (options.out, options.state, options.heatmaps, options.summary) if p]
     skip += [Path(f"{p}{suffix}") for p in skip for suffix in (".partial", "-wal", "-shm", "-journal")]
     found = discover(options.root, include=options.include, exclude=options.exclude,
@@ -216,6 +232,24 @@ def chunks(candidates: Iterable[Candidate], state: StateDB | None, batch_size: i
         yield chunk
 
 
+def open_reporter(card, options: ScreenOptions):
+    """The run's Structured Report maker (dcx.engine.sr), or None without --sr-to / --sr-dir."""
+    if options.sr_store is None and options.sr_dir is None:
+        return None
+    from .sr import Reporter, file_header
+
+    header = options.dicomweb.header if options.dicomweb is not None else file_header
+    return Reporter(card, header, store=options.sr_store, folder=options.sr_dir)
+
+
+def send_reports(reporter, chunk: Chunk, rows: list[dict]) -> list[int]:
+    """Report every row of the chunk that lacks its report (new rows and reused ones whose
+    report failed before); the indices of the reused rows that changed."""
+    work = [i for i, row in enumerate(rows) if reporter.wants(row)]
+    reporter.send([(chunk.files[i].path, rows[i]) for i in work])
+    return [i for i in work if i in chunk.reused]
+
+
 def open_decoder(card, backend, options: ScreenOptions):
     from .decode import Decoder
     from .dicom import SeriesRules
@@ -230,9 +264,11 @@ class _Producer:
 
     _END = object()
 
-    def __init__(self, chunks: Iterator[Chunk], make_decoder, stats: Stats):
+    def __init__(self, chunks: Iterator[Chunk], make_decoder, stats: Stats, decode=None):
         self._chunks = chunks
         self._make_decoder = make_decoder
+        #: ``decode(decoder, paths)``: how paths become a DecodedBatch (DICOMweb retrieves first)
+        self._decode = decode or (lambda decoder, paths: decoder.decode(paths))
         self._stats = stats
         self._queue: queue.Queue = queue.Queue(maxsize=PREFETCH)
         self._stop = threading.Event()
@@ -252,7 +288,7 @@ class _Producer:
                 for chunk in self._chunks:
                     if chunk.todo:
                         before = decoder.timings
-                        chunk.decoded = decoder.decode([chunk.files[i].path for i in chunk.todo])
+                        chunk.decoded = self._decode(decoder, [chunk.files[i].path for i in chunk.todo])
                         for stage, seconds in decoder.timings.items():
                             self._stats.add_time(stage, seconds - before[stage])
                     if not self._put(chunk):
@@ -409,7 +445,7 @@ class _Progress:
         self.stats = stats
         self.total: int | None = None
         self._last = 0.0
-        if options.files_from != "-":  # standard input can be read only once
+        if options.files_from != "-" and options.dicomweb is None:  # stdin is read once; a PACS is queried once
             threading.Thread(target=self._count, args=(options,), name="dcx-count", daemon=True).start()
 
     def _count(self, options: ScreenOptions) -> None:
