@@ -368,6 +368,18 @@ def _number(item: dict, tag: str) -> int:
         return 1 << 31
 
 
+def _unique(items: list[dict], uid_tag: str, number_tag: str) -> list[str]:
+    """The distinct UIDs of QIDO-RS answers, ordered by number then UID. A server may list one
+    UID more than once (Orthanc does when two patients' files carry the same UIDs); it gets
+    one row (the state database keys instances by SOP Instance UID)."""
+    first: dict[str, int] = {}
+    for item in items:
+        uid = _value(item, uid_tag)
+        if uid:
+            first.setdefault(uid, _number(item, number_tag))
+    return sorted(first, key=lambda uid: (first[uid], uid))
+
+
 class DicomWebSource:
     """A DICOMweb server as a stream of :class:`Candidate` rows and a decoder feed."""
 
@@ -399,12 +411,10 @@ class DicomWebSource:
             if not _UID.match(study) or len(study) > 64:
                 yield Candidate(self.client.url("studies", study), error="invalid Study Instance UID from QIDO-RS")
                 continue
-            series = self.client.search("studies", study, "series")
-            series.sort(key=lambda s: (_number(s, "00200011"), _value(s, "0020000E")))
-            for item in series:
-                if not self.query.wants_series(_value(item, "00080060")):
-                    continue
-                yield from self._instances(study, _value(item, "0020000E"))
+            series = [s for s in self.client.search("studies", study, "series")
+                      if self.query.wants_series(_value(s, "00080060"))]
+            for uid in _unique(series, "0020000E", "00200011"):
+                yield from self._instances(study, uid)
 
     def _studies(self, last_run: datetime | None) -> Iterator[str]:
         params = {"limit": PAGE, "includefield": "0020000D"}
@@ -426,9 +436,7 @@ class DicomWebSource:
                             error="invalid Series Instance UID from QIDO-RS")
             return
         found = self.client.search("studies", study, "series", series, "instances")
-        found.sort(key=lambda i: (_number(i, "00200013"), _value(i, "00080018")))
-        for item in found:
-            sop = _value(item, "00080018")
+        for sop in _unique(found, "00080018", "00200013"):
             url = self.client.url("studies", study, "series", series, "instances", sop)
             bad = not _UID.match(sop) or len(sop) > 64
             yield Candidate(url, error="invalid SOP Instance UID from QIDO-RS" if bad else None)

@@ -20,9 +20,11 @@ run, without being scored again.
 """
 from __future__ import annotations
 
+import copy
 import io
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -81,6 +83,7 @@ def build_report(source, row: dict, model: ModelIdentity):
                               RelationshipTypeValues, TextContentItem)
     from pydicom.sr.codedict import codes
 
+    source = _with_type2_attributes(source)
     contains = RelationshipTypeValues.CONTAINS
     unitless = _code("1", "no units", "UCUM")
     flagged = bool(row["flagged"])
@@ -112,6 +115,22 @@ def build_report(source, row: dict, model: ModelIdentity):
         sop_instance_uid=sop_uid, instance_number=1, manufacturer="dcx", is_complete=True,
         series_description="dcx screening (not for diagnostic use)")
     return report
+
+
+#: Patient and study attributes an SR copies from its evidence; DICOM lets them be empty, and
+#: archives (and DICOM JSON without a value) leave them out altogether.
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+          "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def _with_type2_attributes(source):
+    missing = [kw for kw in _TYPE2 if kw not in source]
+    if not missing:
+        return source
+    source = copy.copy(source)
+    for keyword in missing:
+        setattr(source, keyword, "")
+    return source
 
 
 def _truthy(value) -> bool:
@@ -161,7 +180,9 @@ class Reporter:
             path, row = pair
             row[SR_COLUMN] = self._deliver(path, row)
 
-        run_all(one, work)
+        with warnings.catch_warnings():  # pydicom / highdicom warn about header values, quoting
+            warnings.simplefilter("ignore")  # them: patient names must not reach the logs
+            run_all(one, work)
 
     def _deliver(self, path: str, row: dict) -> str:
         from .dicomweb import InstanceError
