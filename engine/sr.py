@@ -127,7 +127,7 @@ def _with_type2_attributes(source):
     missing = [kw for kw in _TYPE2 if kw not in source]
     if not missing:
         return source
-    source = copy.copy(source)
+    source = copy.deepcopy(source)  # a shallow copy would share (and change) the elements
     for keyword in missing:
         setattr(source, keyword, "")
     return source
