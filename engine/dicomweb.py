@@ -462,6 +462,10 @@ class DicomWebSource:
             batch = decoder.decode(paths)
         for k, reason in problems.items():
             batch.outcomes[k].status, batch.outcomes[k].reason = "error", reason
+        for url, outcome in zip(urls, batch.outcomes):  # rows the decoder could not read still name them
+            for key, uid in zip(("study_uid", "series_uid", "sop_uid"), url.split("/")[-5::2]):
+                if not outcome.meta.get(key):
+                    outcome.meta[key] = uid
         return batch
 
     def header(self, url: str):

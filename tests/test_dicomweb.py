@@ -71,6 +71,17 @@ def upload_unique(server: OrthancServer, files: list[Path]) -> dict[str, pydicom
     return stored
 
 
+def _real_samples() -> list[Path]:
+    """One shared real DICOM file per (transfer syntax, modality), CT left out; [] when absent."""
+    chosen = {}
+    for path in sorted((SHARED_DATA / "dicom").glob("*.dcm")) if (SHARED_DATA / "dicom").is_dir() else []:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")
+        if ds.Modality != "CT":
+            chosen.setdefault((syntax, ds.Modality), path)
+    return list(chosen.values())
+
+
 def _ct_copy(source: Path, dest: Path) -> Path:
     """A real radiograph relabelled as a CT of its own study: the modality filter must skip it."""
     ds = pydicom.dcmread(source)
@@ -90,9 +101,7 @@ def pacs(tmp_path_factory):
     server = OrthancServer(folder / "orthanc").start()
     try:
         files = synthetic_dicoms(folder / "synth", len(DICOM_VARIANTS))
-        real = sorted((SHARED_DATA / "dicom").glob("*.dcm")) if (SHARED_DATA / "dicom").is_dir() else []
-        images = upload_unique(server, [p for p in real if pydicom.dcmread(p, stop_before_pixels=True, force=True).Modality != "CT"]
-                               + files)
+        images = upload_unique(server, _real_samples() + files)
         ct = upload_unique(server, [_ct_copy(files[0], folder / "ct.dcm")])
         yield server, images, next(iter(ct))
     finally:
@@ -191,7 +200,7 @@ def test_screens_every_image_instance_and_stores_reports_that_reference_it(pacs,
     everything = {r["path"].rsplit("/", 1)[1]: r for r in read_rows(out)}
     assert everything[ct_uid]["status"] == "ok"
     assert all(everything[uid]["status"] == "skipped" and "no pixel data" in everything[uid]["reason"]
-               for uid in reports)
+               and everything[uid]["sop_uid"] == uid for uid in reports)
     assert len(everything) == len(images) + 1 + len(reports)
 
 
