@@ -323,6 +323,8 @@ def test_bad_urls_and_ray_stop_with_one_error_line(pacs, model, tmp_path):
         result = invoke(main, base + [archive], expect_exit=1)
         assert result.output.count("Error:") == 1 and expected in result.output, result.output
         assert "pw@" not in result.output
+    result = invoke(main, base + [server.dicomweb, "--ca-bundle", tmp_path / "absent.pem"], expect_exit=1)
+    assert result.output.count("Error:") == 1 and "--ca-bundle" in result.output
     result = invoke(main, base + [server.dicomweb, "--ray=local"], expect_exit=1)
     assert "--ray" in result.output and "--shard" in result.output
 
@@ -339,6 +341,24 @@ def test_shards_split_the_pacs_by_study(pacs):
 
 
 # --------------------------------------------------------------------------- without Orthanc
+
+
+def test_reports_of_a_folder_archive_come_from_the_file_headers(model, tmp_path):
+    folder = tmp_path / "archive"
+    files = synthetic_dicoms(folder, 2, size=64, seed=9)
+    (folder / "notes.txt").write_text("not an image")
+    invoke(main, ["--engine", model, folder, "--device", "cpu", "--out", tmp_path / "r.csv",
+                  "--sr-dir", tmp_path / "sr"], expect_exit=3)  # the text file is an error row
+    rows = {Path(r["path"]).name: r for r in read_rows(tmp_path / "r.csv")}
+    assert rows["notes.txt"]["sr_status"] is None
+    reports = [pydicom.dcmread(p) for p in (tmp_path / "sr").glob("*.dcm")]
+    sources = {pydicom.dcmread(f).SOPInstanceUID for f in files}
+    assert {_content(ds, "Source").ReferencedSOPSequence[0].ReferencedSOPInstanceUID for ds in reports} == sources
+    assert all(rows[f.name]["sr_status"] == "written" for f in files)
+    if shutil.which("dsrdump"):
+        for path in (tmp_path / "sr").glob("*.dcm"):
+            dump = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, timeout=30)
+            assert dump.returncode == 0 and ("Not flagged" in dump.stdout or "Flagged for review" in dump.stdout)
 
 
 def test_study_date_filters():
