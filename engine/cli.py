@@ -10,8 +10,7 @@ import click
 from dcx.train.errors import DcxError
 from dcx.train.files import usable_cores
 
-from .dicomweb import (ENV_PASSWORD, ENV_TOKEN, ENV_USER, DicomWebClient, DicomWebSource, Query,
-                       is_dicomweb_url, parse_date_range, parse_since)
+from .dicomweb import ENV_PASSWORD, ENV_TOKEN, ENV_USER, DicomWebClient, DicomWebSource, Query, is_dicomweb_url
 from .ray_runner import RAY_HELP, parse_address, screen_on_ray  # Ray itself loads only when --ray runs
 from .results import FORMATS
 from .run import ScreenOptions, screen
@@ -124,18 +123,15 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
     if archive is None and files_from is None:
         raise click.UsageError("give an ARCHIVE folder, or --files-from LIST")
     source = None
+    if ray_address is not None and (sr_to or sr_dir or (archive and is_dicomweb_url(archive))):
+        raise DcxError("--ray reads files on its workers and makes no reports: it cannot screen a DICOMweb "
+                       "archive nor write --sr-to / --sr-dir; run --shard I/N jobs instead")
     if archive is not None and is_dicomweb_url(archive):
-        if ray_address is not None:
-            raise DcxError("--ray reads files on its workers and cannot screen a DICOMweb archive; "
-                           "run --shard I/N jobs instead (each shard takes whole studies)")
         if files_from or include or exclude:
             raise click.UsageError("--files-from, --include and --exclude select files; with a DICOMweb "
                                    "archive use --modality, --study-date and --since")
-        source = DicomWebSource(DicomWebClient(archive, ca_bundle=ca_bundle), Query(
-            study_dates=parse_date_range(study_date) if study_date else (None, None),
-            modalities=frozenset() if modality.strip().lower() == "any"
-            else frozenset(m.strip().upper() for m in modality.split(",") if m.strip()),
-            since=parse_since(since) if since else None))
+        source = DicomWebSource(DicomWebClient(archive, ca_bundle=ca_bundle),
+                                Query.from_options(modality, study_date, since))
     elif study_date or since:
         raise click.UsageError("--study-date and --since select studies of a DICOMweb archive")
     archive = Path(archive) if archive is not None and source is None else archive
@@ -167,8 +163,8 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
             raise DcxError(f"cannot create --heatmaps folder {heatmaps}: {exc.strerror or exc}") from exc
 
     options = ScreenOptions(
-        engine=engine, out=out, root=archive if source is None else None, files_from=files_from, fmt=fmt, include=include,
-        exclude=exclude, state=state, heatmaps=heatmaps, summary=summary, batch_size=batch_size,
+        engine=engine, out=out, root=archive if source is None else None, files_from=files_from, fmt=fmt,
+        include=include, exclude=exclude, state=state, heatmaps=heatmaps, summary=summary, batch_size=batch_size,
         decode_threads=decode_threads, device=device, include_phi=include_phi, series_rules=series_rules,
         progress=sys.stderr.isatty(), shard=shard, dicomweb=source,
         sr_store=DicomWebClient(sr_to, ca_bundle=ca_bundle) if sr_to else None, sr_dir=sr_dir)

@@ -300,6 +300,14 @@ class Query:
     modalities: frozenset[str] = frozenset({"CR", "DX"})
     since: date | str | None = None
 
+    @classmethod
+    def from_options(cls, modality: str, study_date: str | None, since: str | None) -> "Query":
+        """The query of dcx-infer's ``--modality``, ``--study-date`` and ``--since``."""
+        return cls(study_dates=parse_date_range(study_date) if study_date else (None, None),
+                   modalities=frozenset() if modality.strip().lower() == "any"
+                   else frozenset(m.strip().upper() for m in modality.split(",") if m.strip()),
+                   since=parse_since(since) if since else None)
+
     def date_filter(self, last_run: datetime | None) -> str | None:
         """The QIDO-RS StudyDate range (``20240101-``, ``20240101-20240131``) or None."""
         low, high = self.study_dates

@@ -14,7 +14,6 @@ import time
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 import requests
