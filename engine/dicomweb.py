@@ -372,7 +372,7 @@ def _value(item: dict, tag: str) -> str:
 def _number(item: dict, tag: str) -> int:
     try:
         return int(float(_value(item, tag)))
-    except ValueError:
+    except (ValueError, OverflowError):
         return 1 << 31
 
 
@@ -402,7 +402,10 @@ class DicomWebSource:
     def last_run(self, state) -> datetime | None:
         """When the last completed run of this server, model and state database started."""
         value = state.get_meta(self._run_key(state))
-        return datetime.fromisoformat(value) if value else None
+        try:
+            return datetime.fromisoformat(value) if value else None
+        except ValueError:
+            return None  # an unreadable stamp: screen everything (the state still skips done rows)
 
     def mark_completed(self, state, started: float) -> None:
         state.set_meta(self._run_key(state), datetime.fromtimestamp(started, tz=timezone.utc).isoformat())

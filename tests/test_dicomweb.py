@@ -7,6 +7,8 @@ transfer syntax dcx-synth writes, plus a CT image the default modality filter mu
 """
 from __future__ import annotations
 
+import http.server
+import json
 import shutil
 import subprocess
 import threading
@@ -358,6 +360,67 @@ def test_reports_of_a_folder_archive_come_from_the_file_headers(model, tmp_path)
         for path in (tmp_path / "sr").glob("*.dcm"):
             dump = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, timeout=30)
             assert dump.returncode == 0 and ("Not flagged" in dump.stdout or "Flagged for review" in dump.stdout)
+
+
+class _HostilePacs(http.server.BaseHTTPRequestHandler):
+    """A DICOMweb server answering one study of three instances: 1.1 after two 503s, 1.2 as a
+    multipart body cut before its closing boundary, 1.3 as an HTML page."""
+
+    dicom = b""
+    hits: dict[str, int] = {}
+
+    def do_GET(self):
+        path = self.path.split("?")[0]
+        self.hits[path] = self.hits.get(path, 0) + 1
+        base = "/dicom-web/studies"
+        if path == base:
+            return self._json([{"0020000D": {"vr": "UI", "Value": ["1.2.3"]}}])
+        if path == f"{base}/1.2.3/series":
+            return self._json([{"0020000E": {"vr": "UI", "Value": ["1.2.3.4"]}, "00080060": {"vr": "CS", "Value": ["DX"]}}])
+        if path == f"{base}/1.2.3/series/1.2.3.4/instances":
+            return self._json([{"00080018": {"vr": "UI", "Value": [uid]}} for uid in ("1.1", "1.2", "1.3")])
+        sop = path.rsplit("/", 1)[1]
+        if sop == "1.1" and self.hits[path] <= 2:
+            return self._send(503, "text/plain", b"busy")
+        part = b"--XyZ\r\nContent-Type: application/dicom\r\n\r\n" + self.dicom
+        if sop == "1.1":
+            return self._send(200, 'multipart/related; type="application/dicom"; boundary=XyZ', part + b"\r\n--XyZ--\r\n")
+        if sop == "1.2":
+            return self._send(200, 'multipart/related; type="application/dicom"; boundary=XyZ', part[:-100])
+        return self._send(200, "text/html", b"<html>login</html>")
+
+    def _json(self, value):
+        self._send(200, "application/dicom+json", json.dumps(value).encode())
+
+    def _send(self, status, content_type, body):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_retries_busy_answers_and_makes_malformed_ones_error_rows(model, tmp_path):
+    _HostilePacs.dicom = synthetic_dicoms(tmp_path, 1, size=64)[0].read_bytes()
+    _HostilePacs.hits = {}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HostilePacs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = DicomWebClient(f"http://127.0.0.1:{server.server_address[1]}/dicom-web", retries=2, backoff=0.01)
+        options = ScreenOptions(engine=model, out=tmp_path / "r.csv", device="cpu", batch_size=4,
+                                decode_threads=1, dicomweb=DicomWebSource(client))
+        screen(options)
+    finally:
+        server.shutdown()
+        server.server_close()
+    rows = {r["path"].rsplit("/", 1)[1]: r for r in read_rows(tmp_path / "r.csv")}
+    assert rows["1.1"]["status"] == "ok", rows["1.1"]["reason"]
+    assert _HostilePacs.hits["/dicom-web/studies/1.2.3/series/1.2.3.4/instances/1.1"] == 3
+    assert rows["1.2"]["status"] == "error" and "closing boundary" in rows["1.2"]["reason"]
+    assert rows["1.3"]["status"] == "error" and "not multipart" in rows["1.3"]["reason"]
 
 
 def test_study_date_filters():
