@@ -81,6 +81,7 @@ def build_report(source, row: dict, model: ModelIdentity):
     import highdicom as hd
     from highdicom.sr import (CodeContentItem, ContainerContentItem, ImageContentItem, NumContentItem,
                               RelationshipTypeValues, TextContentItem)
+    from pydicom.dataset import Dataset
     from pydicom.sr.codedict import codes
 
     source = _with_type2_attributes(source)
@@ -114,6 +115,10 @@ def build_report(source, row: dict, model: ModelIdentity):
         evidence=[source], content=root, series_instance_uid=series_uid, series_number=SERIES_NUMBER,
         sop_instance_uid=sop_uid, instance_number=1, manufacturer="dcx", is_complete=True,
         series_description="dcx screening (not for diagnostic use)")
+    scheme = Dataset()  # declares the private coding scheme, as PS3.3 C.12.1.1.4 asks
+    scheme.CodingSchemeDesignator, scheme.CodingSchemeName = "99DCX", "dcx result concepts"
+    scheme.CodingSchemeResponsibleOrganization = "dcx"
+    report.CodingSchemeIdentificationSequence = [scheme]
     return report
 
 

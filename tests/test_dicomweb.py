@@ -360,6 +360,17 @@ def test_reports_of_a_folder_archive_come_from_the_file_headers(model, tmp_path)
         for path in (tmp_path / "sr").glob("*.dcm"):
             dump = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, timeout=30)
             assert dump.returncode == 0 and ("Not flagged" in dump.stdout or "Flagged for review" in dump.stdout)
+    if shutil.which("dciodvfy"):  # the report adds no IOD error of its own (it inherits its source's)
+        source_of = {pydicom.dcmread(f).SOPInstanceUID: f for f in files}
+        for path in (tmp_path / "sr").glob("*.dcm"):
+            source = source_of[_content(pydicom.dcmread(path), "Source").ReferencedSOPSequence[0].ReferencedSOPInstanceUID]
+            assert _iod_errors(path) <= _iod_errors(source), _iod_errors(path)
+
+
+def _iod_errors(path: Path) -> set[str]:
+    check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=30)
+    return {line.split(" Module=")[0] for line in (check.stdout + check.stderr).splitlines()
+            if line.startswith("Error") and "invalid data values" not in line}
 
 
 class _HostilePacs(http.server.BaseHTTPRequestHandler):
