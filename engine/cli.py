@@ -183,6 +183,8 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
                f"{counts['error']} errors; {result['flagged']} flagged "
                f"({result['decoded_this_run']} read this run, {result['reused_from_state']} reused from the "
                f"state database; {result['images_per_s']} img/s)")
+    if result.get("reports"):
+        click.echo("structured reports: " + ", ".join(f"{n} {status}" for status, n in result["reports"].items()))
     click.echo(f"results: {out}\nsummary: {summary}")
     if counts["error"]:
         raise SystemExit(EXIT_FILE_ERRORS)

@@ -109,6 +109,7 @@ class Stats:
         self.formats = Counter()
         self.transfer_syntaxes = Counter()
         self.reasons = Counter()
+        self.reports = Counter()  # sr_status of the rows, "error: ..." counted as "error"
         #: rows this run: all, decoded this run, reused from state, scored ok this run, flagged
         self.files = self.decoded = self.reused = self.inferred = self.flagged = 0
         self.started = time.time()
@@ -391,6 +392,8 @@ def count_rows(rows: list[dict], chunk: Chunk, stats: Stats) -> None:
             stats.formats[row["format"]] += 1
         if row["reason"] and row["status"] == "error":
             stats.reasons[row["reason"]] += 1
+        if row.get("sr_status"):
+            stats.reports[row["sr_status"].split(":")[0]] += 1
 
 
 def run_summary(options: ScreenOptions, backend, card, stats: Stats, completed: bool) -> dict:
@@ -427,6 +430,7 @@ def run_summary(options: ScreenOptions, backend, card, stats: Stats, completed: 
         "formats": dict(stats.formats.most_common()),
         "transfer_syntaxes": dict(stats.transfer_syntaxes.most_common()),
         "top_error_reasons": dict(stats.reasons.most_common(20)),
+        "reports": dict(stats.reports.most_common()),
         "batch_size": options.batch_size,
         "decode_threads": options.decode_threads,
         "started": datetime.fromtimestamp(stats.started, tz=timezone.utc).isoformat(timespec="seconds"),

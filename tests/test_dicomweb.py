@@ -155,8 +155,9 @@ def test_screens_every_image_instance_and_stores_reports_that_reference_it(pacs,
     out, sr_dir = tmp_path / "nightly.csv", tmp_path / "sr"
     args = ["--engine", model, server.dicomweb, "--device", "cpu", "--out", out, "--batch-size", 8,
             "--sr-to", server.dicomweb, "--sr-dir", sr_dir]
-    invoke(main, args)
+    result = invoke(main, args)
     rows = list(read_rows(out))
+    assert f"structured reports: {len(images)} stored+written" in result.output
 
     assert sorted(r["sop_uid"] for r in rows) == sorted(images)  # one row per image, no CT
     assert ct_uid not in {r["sop_uid"] for r in rows}
