@@ -43,6 +43,8 @@ setup(
         "nvidia-dali-cuda130==2.4.0",
         "click>=8.1",
         "matplotlib>=3.7",
+        "requests>=2.31",  # DICOMweb (engine/dicomweb.py)
+        "highdicom>=0.28",  # DICOM Structured Reports (engine/sr.py)
     ],
     extras_require={
         "test": ["pytest>=8", "pyarrow>=14", "ray[data]==2.60.0"],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 
@@ -10,6 +11,7 @@ from dcx.core.errors import Command, DcxError
 from dcx.core.files import usable_cores
 from dcx.core.site import read_site
 
+from .dicomweb import ENV_PASSWORD, ENV_TOKEN, ENV_USER, DicomWebClient, DicomWebSource, Query, is_dicomweb_url
 from .ray_runner import RAY_HELP, parse_address, screen_on_ray  # Ray itself loads only when --ray runs
 from .results import FORMATS
 from .run import screen
@@ -25,7 +27,7 @@ def _default_decode_threads() -> int:
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.argument("archive", required=False, type=click.Path(path_type=Path))
+@click.argument("archive", required=False)
 @click.option("--engine", "engine", required=True, type=click.Path(path_type=Path),
               help="Model file: .plan/.engine (TensorRT), .onnx (ONNX Runtime) or .pt (dcx-train checkpoint).")
 @click.option("--out", "out", type=click.Path(path_type=Path),
@@ -67,14 +69,34 @@ def _default_decode_threads() -> int:
               help="Flag with this site's threshold (a dcx-calibrate file for this very model) instead of "
                    "the model card's; rows say which in threshold_source.")
 @click.option("--shard", type=SHARD, help=SHARD_HELP)
+@click.option("--modality", default="CR,DX", show_default=True, metavar="LIST",
+              help="DICOMweb: screen series of these modalities (comma-separated; 'any' for all).")
+@click.option("--study-date", metavar="RANGE",
+              help="DICOMweb: only studies of these dates: 2024-01-01..2024-01-31, 2024-01-01.. or one day.")
+@click.option("--since", metavar="DATE|last-run",
+              help="DICOMweb: only studies dated from DATE on; 'last-run': from the start of the last "
+                   "completed run of this state database, less a day (all studies the first time).")
+@click.option("--sr-to", metavar="URL",
+              help="Store a DICOM Structured Report of every scored DICOM image via STOW-RS at this "
+                   "DICOMweb root (often the archive's own); 'sr_status' column says what happened.")
+@click.option("--sr-dir", type=click.Path(path_type=Path), metavar="DIR",
+              help="Write the Structured Reports into DIR as <SOP Instance UID>.dcm (they hold the "
+                   "source's patient module, as DICOM requires).")
+@click.option("--ca-bundle", type=click.Path(path_type=Path), metavar="FILE",
+              help="CA certificates (PEM) that sign the DICOMweb server's TLS certificate. "
+                   f"Credentials: ${ENV_TOKEN}, or ${ENV_USER} and ${ENV_PASSWORD}, or netrc.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", metavar="[ADDRESS]", help=RAY_HELP)
 @click.option("--ray-timeout", default=600.0, show_default=True, type=click.FloatRange(min=1),
               metavar="SECONDS", help="With --ray: stop with an error when no batch finishes for this long.")
 def main(archive, engine, out, fmt, batch_size, decode_threads, device, include, exclude, files_from,
-         state, no_state, heatmaps, include_phi, series_rules, summary, force, shard, site_file, ray_address, ray_timeout):
+         state, no_state, heatmaps, include_phi, series_rules, summary, force, shard, site_file, ray_address,
+         ray_timeout, modality, study_date, since, sr_to, sr_dir, ca_bundle):
     """Screen ARCHIVE (a folder, searched recursively, or one file) and write one row per file:
     DICOM UIDs, per-class probabilities, the positive-class probability, flagged
     (p_positive >= the model's threshold), and status ok / skipped / error with the reason.
+
+    ARCHIVE may also be a DICOMweb root (http[s]://host:port/dicom-web): its CR/DX series are
+    queried (QIDO-RS), retrieved (WADO-RS) and decoded like files, one row per instance.
 
     Formats are recognised by content (JPEG, PNG, TIFF, BMP, WebP, JPEG 2000, DICOM with or
     without extension); hidden files are skipped; anything else gets an 'error' row.
@@ -92,6 +114,7 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
       find /archive -newer stamp -type f | dcx-infer --engine model.onnx --files-from - --out new.csv
       dcx-infer --engine model.onnx /archive --out out/results.csv --shard "$JOB_COMPLETION_INDEX/8"
       dcx-infer --engine model.plan /archive --out nightly.parquet --ray auto
+      dcx-infer --engine model.onnx http://pacs:8042/dicom-web --since last-run --sr-to http://pacs:8042/dicom-web
 
     \b
     Exit codes:
@@ -105,7 +128,20 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
         ray_address = parse_address(ray_address)
     if archive is None and files_from is None:
         raise click.UsageError("give an ARCHIVE folder, or --files-from LIST")
-    if archive is not None and not archive.exists():
+    source = None
+    if ray_address is not None and (sr_to or sr_dir or (archive and is_dicomweb_url(archive))):
+        raise DcxError("--ray reads files on its workers and makes no reports: it cannot screen a DICOMweb "
+                       "archive nor write --sr-to / --sr-dir; run --shard I/N jobs instead")
+    if archive is not None and is_dicomweb_url(archive):
+        if files_from or include or exclude:
+            raise click.UsageError("--files-from, --include and --exclude select files; with a DICOMweb "
+                                   "archive use --modality, --study-date and --since")
+        source = DicomWebSource(DicomWebClient(archive, ca_bundle=ca_bundle),
+                                Query.from_options(modality, study_date, since))
+    elif study_date or since:
+        raise click.UsageError("--study-date and --since select studies of a DICOMweb archive")
+    archive = Path(archive) if archive is not None and source is None else archive
+    if source is None and archive is not None and not archive.exists():
         raise DcxError(f"archive not found: {archive}")
     if state is not None and no_state:
         raise click.UsageError("--state and --no-state contradict each other")
@@ -134,10 +170,11 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
             raise DcxError(f"cannot create --heatmaps folder {heatmaps}: {exc.strerror or exc}") from exc
 
     options = ScreenOptions(
-        engine=engine, out=out, root=archive, files_from=files_from, fmt=fmt, include=include,
-        exclude=exclude, state=state, heatmaps=heatmaps, summary=summary, batch_size=batch_size,
+        engine=engine, out=out, root=archive if source is None else None, files_from=files_from, fmt=fmt,
+        include=include, exclude=exclude, state=state, heatmaps=heatmaps, summary=summary, batch_size=batch_size,
         decode_threads=decode_threads, device=device, include_phi=include_phi, series_rules=series_rules,
-        progress=True, shard=shard, site=site)
+        progress=True, shard=shard, site=site, dicomweb=source,
+        sr_store=DicomWebClient(sr_to, ca_bundle=ca_bundle) if sr_to else None, sr_dir=sr_dir)
     try:
         if ray_address is None:
             result = screen(options)
@@ -153,6 +190,8 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
                f"{counts['error']} errors; {result['flagged']} flagged "
                f"({result['decoded_this_run']} read this run, {result['reused_from_state']} reused from the "
                f"state database; {result['images_per_s']} img/s)")
+    if result.get("reports"):
+        click.echo("structured reports: " + ", ".join(f"{n} {status}" for status, n in result["reports"].items()))
     click.echo(f"results: {out}\nsummary: {summary}")
     if counts["error"]:
         raise SystemExit(EXIT_FILE_ERRORS)
@@ -162,7 +201,9 @@ def _default_batch_size(device: str) -> int:
     return 64 if device != "cpu" and gpu_available() else 16
 
 
-def _archive_name(archive: Path | None, files_from: str | None) -> str:
+def _archive_name(archive, files_from: str | None) -> str:
+    if isinstance(archive, str):  # a DICOMweb URL
+        return "dicomweb-" + "".join(ch if ch.isalnum() else "-" for ch in urlsplit(archive).netloc)
     if archive is not None:
         resolved = archive.resolve()
         return resolved.stem if resolved.is_file() else (resolved.name or "archive")

@@ -30,20 +30,13 @@ from dcx.core.progress import Progress
 
 from .backends import open_backend
 from .results import RowSchema, open_writer
+from .sr import Reporter, file_header
 from .scoring import (Chunk, ScreenOptions, Stats, candidates, chunks, count_rows, open_decoder, run_summary,
                       score_chunk, state_profile)
 from .state import StateDB
 
 #: Decoded chunks waiting for inference (bounds memory: PREFETCH x batch of images).
 PREFETCH = 2
-
-
-
-
-
-
-
-
 
 
 def screen(options: ScreenOptions) -> dict:
@@ -59,21 +52,27 @@ def screen(options: ScreenOptions) -> dict:
         backend = stack.enter_context(open_backend(options.engine, device=options.device))
         stats.add_time("setup", time.perf_counter() - t0)
         card = backend.card
-        schema = RowSchema.for_card(card, options.include_phi, options.site)
-        state = None
+        reporter = open_reporter(card, options)
+        schema = (RowSchema if reporter is None else reporter.schema).for_card(card, options.include_phi,
+                                                                               options.site)
+        state = last_run = None
         if options.state:
             state = stack.enter_context(StateDB(options.state, state_profile(card.model_id, options)))
+            if options.dicomweb is not None:
+                last_run = options.dicomweb.last_run(state)
         writer = stack.enter_context(open_writer(options.out, schema.columns, options.fmt))
         producer = stack.enter_context(_Producer(
-            chunks(candidates(options), state, options.batch_size, stats),
-            lambda: open_decoder(card, backend, options), stats))
+            chunks(candidates(options, last_run=last_run), state, options.batch_size, stats),
+            lambda: open_decoder(card, backend, options), stats,
+            decode=options.dicomweb.decode if options.dicomweb is not None else None))
         progress = _Progress(options, stats) if options.progress else None
         try:
             for chunk in producer:
                 rows = score_chunk(chunk, backend, schema, options, stats)
                 t0 = time.perf_counter()
+                reported = send_reports(reporter, chunk, rows) if reporter is not None else []
                 if state is not None:  # commit first: the database is the source of truth
-                    state.record((chunk.files[i], rows[i]) for i in chunk.todo)
+                    state.record((chunk.files[i], rows[i]) for i in sorted(set(chunk.todo) | set(reported)))
                 writer.write(rows)
                 stats.add_time("write", time.perf_counter() - t0)
                 count_rows(rows, chunk, stats)
@@ -81,6 +80,8 @@ def screen(options: ScreenOptions) -> dict:
                     progress.update()
             writer.commit()
             completed = True
+            if state is not None and options.dicomweb is not None:
+                options.dicomweb.mark_completed(state, stats.started)
         finally:
             if progress:
                 progress.close()
@@ -90,12 +91,20 @@ def screen(options: ScreenOptions) -> dict:
     return summary
 
 
+def open_reporter(card, options: ScreenOptions) -> Reporter | None:
+    """The run's Structured Report maker (dcx.engine.sr), or None without --sr-to / --sr-dir."""
+    if options.sr_store is None and options.sr_dir is None:
+        return None
+    header = options.dicomweb.header if options.dicomweb is not None else file_header
+    return Reporter(card, header, store=options.sr_store, folder=options.sr_dir)
 
 
-
-
-
-
+def send_reports(reporter: Reporter, chunk: Chunk, rows: list[dict]) -> list[int]:
+    """Report every row of the chunk that lacks its report (new rows and reused ones whose
+    report failed before); the indices of the reused rows that changed."""
+    work = [i for i, row in enumerate(rows) if reporter.wants(row)]
+    reporter.send([(chunk.files[i].path, rows[i]) for i in work])
+    return [i for i in work if i in chunk.reused]
 
 
 class _Producer:
@@ -103,9 +112,11 @@ class _Producer:
 
     _END = object()
 
-    def __init__(self, chunks: Iterator[Chunk], make_decoder, stats: Stats):
+    def __init__(self, chunks: Iterator[Chunk], make_decoder, stats: Stats, decode=None):
         self._chunks = chunks
         self._make_decoder = make_decoder
+        #: ``decode(decoder, paths)``: how paths become a DecodedBatch (DICOMweb retrieves first)
+        self._decode = decode or (lambda decoder, paths: decoder.decode(paths))
         self._stats = stats
         self._queue: queue.Queue = queue.Queue(maxsize=PREFETCH)
         self._stop = threading.Event()
@@ -125,7 +136,7 @@ class _Producer:
                 for chunk in self._chunks:
                     if chunk.todo:
                         before = decoder.timings
-                        chunk.decoded = decoder.decode([chunk.files[i].path for i in chunk.todo])
+                        chunk.decoded = self._decode(decoder, [chunk.files[i].path for i in chunk.todo])
                         for stage, seconds in decoder.timings.items():
                             self._stats.add_time(stage, seconds - before[stage])
                     if not self._put(chunk):
@@ -153,18 +164,6 @@ class _Producer:
             yield item
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 class _Progress:
     """The run's progress line (see :mod:`dcx.core.progress`): files done of all files, with
     images/s and an ETA. The total comes from a second discovery pass in a background thread
@@ -174,7 +173,7 @@ class _Progress:
     def __init__(self, options: ScreenOptions, stats: Stats):
         self.stats = stats
         self.line = Progress("dcx-infer", unit="files")
-        if options.files_from != "-":  # standard input can be read only once
+        if options.files_from != "-" and options.dicomweb is None:  # stdin is read once; a PACS is queried once
             threading.Thread(target=self._count, args=(options,), name="dcx-count", daemon=True).start()
 
     def _count(self, options: ScreenOptions) -> None:

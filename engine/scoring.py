@@ -63,6 +63,12 @@ class ScreenOptions:
     shard: Shard | None = None
     #: A site's own threshold (dcx.core.site.SiteThreshold) instead of the model card's.
     site: SiteThreshold | None = None
+    #: A DICOMweb server instead of a folder (a dcx.engine.dicomweb.DicomWebSource).
+    dicomweb: object | None = None
+    #: Structured Reports of scored DICOM rows: STOW-RS to this DicomWebClient and/or files in
+    #: this folder (dcx.engine.sr); the rows gain an sr_status column.
+    sr_store: object | None = None
+    sr_dir: Path | None = None
 
 
 @dataclass
@@ -98,6 +104,7 @@ class Stats:
         self.formats = Counter()
         self.transfer_syntaxes = Counter()
         self.reasons = Counter()
+        self.reports = Counter()  # sr_status of the rows, "error: ..." counted as "error"
         #: rows this run: all, decoded this run, reused from state, scored ok this run, flagged
         self.files = self.decoded = self.reused = self.inferred = self.flagged = 0
         #: p_positive histograms (dcx.core.drift): of every row, and of the rows scored this run
@@ -133,8 +140,11 @@ def state_profile(model_id: str, options: ScreenOptions) -> str:
     return model_id + (":phi" if options.include_phi else "") + (":series-rules" if options.series_rules else "")
 
 
-def candidates(options: ScreenOptions, stat_files: bool = True) -> Iterator[Candidate]:
-    """The discovery stream of this run, never including dcx's own output files."""
+def candidates(options: ScreenOptions, stat_files: bool = True, last_run=None) -> Iterator[Candidate]:
+    """The discovery stream of this run, never including dcx's own output files. A DICOMweb
+    source lists its instances instead (``last_run``: when its last completed run started)."""
+    if options.dicomweb is not None:
+        return options.dicomweb.candidates(options.shard, last_run)
     skip = [p for p in (options.out, options.state, options.heatmaps, options.summary) if p]
     skip += [Path(f"{p}{suffix}") for p in skip for suffix in (".partial", "-wal", "-shm", "-journal")]
     found = discover(options.root, include=options.include, exclude=options.exclude,
@@ -250,6 +260,8 @@ def count_rows(rows: list[dict], chunk: Chunk, stats: Stats) -> None:
             stats.formats[row["format"]] += 1
         if row["reason"] and row["status"] == "error":
             stats.reasons[row["reason"]] += 1
+        if row.get("sr_status"):
+            stats.reports[row["sr_status"].split(":")[0]] += 1
 
 
 def run_summary(options: ScreenOptions, backend, card, stats: Stats, completed: bool) -> dict:
@@ -289,6 +301,7 @@ def run_summary(options: ScreenOptions, backend, card, stats: Stats, completed: 
         "formats": dict(stats.formats.most_common()),
         "transfer_syntaxes": dict(stats.transfer_syntaxes.most_common()),
         "top_error_reasons": dict(stats.reasons.most_common(20)),
+        "reports": dict(stats.reports.most_common()),
         "score_histogram": {"all": stats.scores_all, "scored_this_run": stats.scores_new},
         "batch_size": options.batch_size,
         "decode_threads": options.decode_threads,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 from pathlib import Path
@@ -44,8 +45,17 @@ CREATE TABLE IF NOT EXISTS results (
 _LOOKUP_CHUNK = 500
 
 
+#: A DICOMweb instance URL (see dcx.engine.dicomweb): keyed by its SOP Instance UID.
+_DICOMWEB_INSTANCE = re.compile(r"^https?://.*/instances/([0-9.]+)$", re.IGNORECASE)
+
+
 def state_key(path: str) -> bytes:
-    """The database key of a file: its absolute path as bytes (spelling of the root does not matter)."""
+    """The database key of a file: its absolute path as bytes (spelling of the root does not
+    matter). A DICOMweb instance is keyed by its SOP Instance UID alone, so a server that
+    moves or changes its name keeps its history."""
+    match = _DICOMWEB_INSTANCE.match(path)
+    if match:
+        return b"dicomweb:sop:" + match.group(1).encode("ascii")
     return os.fsencode(os.path.abspath(path))
 
 
@@ -108,6 +118,16 @@ class StateDB:
                 raise
             self._db.execute("COMMIT")
         return len(values)
+
+    def get_meta(self, key: str) -> str | None:
+        """A run-level value (e.g. when the last DICOMweb run completed), or None."""
+        with self._lock:
+            found = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return found[0] if found else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def count(self) -> dict[str, int]:
         """Stored rows of this model per status (for summaries and tests)."""
