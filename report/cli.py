@@ -1,7 +1,6 @@
 """``dcx-report``: one self-contained HTML page of a screening run, with drift across nights."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -11,7 +10,7 @@ from dcx.core.files import atomic_path
 
 from .nights import drift_by_night, night_record, remember, validation_histogram
 from .page import render
-from .run_data import load_run, report_path_for
+from .run_data import load_run, read_summary, report_path_for
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -52,7 +51,7 @@ def main(results, out, summary, heatmaps, history, previous, max_pictures, thumb
     if heatmaps is not None and not heatmaps.is_dir():
         raise DcxError(f"--heatmaps folder not found: {heatmaps}")
     run = load_run(results, summary)
-    records = [r for r in (night_record(_read_summary(p)) for p in previous) if r]
+    records = [r for r in (night_record(read_summary(p)) for p in previous) if r]
     current = night_record(run.summary) if run.summary else None
     if history is not None:
         records += remember(history, current) if current else []
@@ -67,13 +66,3 @@ def main(results, out, summary, heatmaps, history, previous, max_pictures, thumb
     warned = " DRIFT WARNING" if nights and nights[-1].warning else ""
     click.echo(f"{len(run.rows)} rows, {flagged} flagged, {len(nights)} night(s){warned}: {out} "
                f"({out.stat().st_size / 1e6:.1f} MB)")
-
-
-def _read_summary(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DcxError(f"--previous {path} is not a readable run summary ({exc})") from exc
-    if not isinstance(data, dict):
-        raise DcxError(f"--previous {path} is not a dcx run summary")
-    return data

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dcx.engine.results import read_rows
 from dcx.core.errors import DcxError
+from dcx.engine.results import read_rows
 
 
 @dataclass
@@ -49,12 +49,7 @@ def load_run(results: str | os.PathLike, summary: str | os.PathLike | None = Non
     path = Path(summary) if summary is not None else summary_path_for(results)
     data = {}
     if path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DcxError(f"{path} is not a readable run summary ({exc})") from exc
-        if not isinstance(data, dict):
-            raise DcxError(f"{path} is not a dcx run summary")
+        data = read_summary(path)
     elif summary is not None:
         raise DcxError(f"run summary not found: {path}")
     return RunData(results, rows, columns, data, path if data else None)
@@ -69,3 +64,14 @@ def _read_table(results: Path):
             yield from read_rows(results)
     except (OSError, UnicodeDecodeError, ValueError, json.JSONDecodeError) as exc:
         raise DcxError(f"{results} is not a readable dcx result table ({exc})") from exc
+
+
+def read_summary(path: Path) -> dict:
+    """A run summary JSON, or one DcxError sentence naming the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DcxError(f"{path} is not a readable run summary ({exc})") from exc
+    if not isinstance(data, dict):
+        raise DcxError(f"{path} is not a dcx run summary")
+    return data
