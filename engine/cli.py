@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -9,6 +10,8 @@ import click
 from dcx.train.errors import DcxError
 from dcx.train.files import usable_cores
 
+from . import interrupts
+from .lock import OutputLock
 from .ray_runner import RAY_HELP, parse_address, screen_on_ray  # Ray itself loads only when --ray runs
 from .results import FORMATS
 from .run import ScreenOptions, screen
@@ -95,6 +98,34 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
       2    bad command line
       130  interrupted: finished rows are kept in the state database; rerun to resume
     """
+    run = dict(archive=archive, engine=engine, out=out, fmt=fmt, batch_size=batch_size,
+               decode_threads=decode_threads, device=device, include=include, exclude=exclude,
+               files_from=files_from, state=state, no_state=no_state, heatmaps=heatmaps,
+               include_phi=include_phi, series_rules=series_rules, summary=summary, force=force,
+               shard=shard, ray_address=ray_address, ray_timeout=ray_timeout)
+    with interrupts.handled():  # from the first line: Ctrl-C while torch loads exits 130 too
+        try:
+            result, out, state, summary = _run(**run)
+        except KeyboardInterrupt:
+            saved = state is not None or not no_state
+            click.echo("\ninterrupted: finished rows are saved in the state database; run the same command "
+                       "again to resume" if saved else "\ninterrupted (no state database: a rerun starts over)",
+                       err=True)
+            raise SystemExit(EXIT_INTERRUPTED)
+
+    counts = result["counts"]
+    click.echo(f"{result['files']} files: {counts['ok']} ok, {counts['skipped']} skipped, "
+               f"{counts['error']} errors; {result['flagged']} flagged "
+               f"({result['decoded_this_run']} read this run, {result['reused_from_state']} reused from the "
+               f"state database; {result['images_per_s']} img/s)")
+    click.echo(f"results: {out}\nsummary: {summary}")
+    if counts["error"]:
+        raise SystemExit(EXIT_FILE_ERRORS)
+
+
+def _run(archive, engine, out, fmt, batch_size, decode_threads, device, include, exclude, files_from,
+         state, no_state, heatmaps, include_phi, series_rules, summary, force, shard, ray_address, ray_timeout):
+    """The run behind :func:`main`: (its summary, and the output, state and summary paths used)."""
     if ray_address is not None:
         ray_address = parse_address(ray_address)
     if archive is None and files_from is None:
@@ -114,41 +145,38 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
         out, state, summary = (shard.part_path(p) if p is not None else None for p in (out, state, summary))
     state = None if no_state else (state or _beside(out, "state.sqlite"))
     summary = summary or _beside(out, "summary.json")
-    if out.exists() and not force and not (state is not None and state.exists()):
-        raise DcxError(f"{out} exists and no state database ({state or '--no-state'}) accounts for it; "
-                       "pass --force to overwrite it")
     if out.is_dir() and ray_address is None:
         raise DcxError(f"--out {out} is a directory; name the result file")
-
+    if summary.is_dir():
+        raise DcxError(f"--summary {summary} is a directory; name the summary file")
     if heatmaps is not None:
-        try:
-            heatmaps.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DcxError(f"cannot create --heatmaps folder {heatmaps}: {exc.strerror or exc}") from exc
+        _check_heatmap_folder(heatmaps)
 
-    options = ScreenOptions(
-        engine=engine, out=out, root=archive, files_from=files_from, fmt=fmt, include=include,
-        exclude=exclude, state=state, heatmaps=heatmaps, summary=summary, batch_size=batch_size,
-        decode_threads=decode_threads, device=device, include_phi=include_phi, series_rules=series_rules,
-        progress=sys.stderr.isatty(), shard=shard)
-    try:
+    with OutputLock(out):  # one run per output, for the whole run
+        if out.exists() and not force and not (state is not None and state.exists()):
+            raise DcxError(f"{out} exists and no state database ({state or '--no-state'}) accounts for it; "
+                           "pass --force to overwrite it")
+        options = ScreenOptions(
+            engine=engine, out=out, root=archive, files_from=files_from, fmt=fmt, include=include,
+            exclude=exclude, state=state, heatmaps=heatmaps, summary=summary, batch_size=batch_size,
+            decode_threads=decode_threads, device=device, include_phi=include_phi, series_rules=series_rules,
+            progress=sys.stderr.isatty(), shard=shard)
         if ray_address is None:
             result = screen(options)
         else:
             result = screen_on_ray(options, ray_address, timeout_s=ray_timeout)
-    except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: finished rows are saved in {state}; run the same command again to resume"
-                   if state else "\ninterrupted (no state database: a rerun starts over)", err=True)
-        raise SystemExit(EXIT_INTERRUPTED)
 
-    counts = result["counts"]
-    click.echo(f"{result['files']} files: {counts['ok']} ok, {counts['skipped']} skipped, "
-               f"{counts['error']} errors; {result['flagged']} flagged "
-               f"({result['decoded_this_run']} read this run, {result['reused_from_state']} reused from the "
-               f"state database; {result['images_per_s']} img/s)")
-    click.echo(f"results: {out}\nsummary: {summary}")
-    if counts["error"]:
-        raise SystemExit(EXIT_FILE_ERRORS)
+    return result, out, state, summary
+
+
+def _check_heatmap_folder(folder: Path) -> None:
+    """Made and proven writable before the run, not found read-only at the first flagged image."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".dcx-write-test-"):
+            pass
+    except OSError as exc:
+        raise DcxError(f"cannot write into --heatmaps folder {folder}: {exc.strerror or exc}") from exc
 
 
 def _default_batch_size(device: str) -> int:
