@@ -2,8 +2,10 @@
 
 Every byte is hostile, so Python looks at each file before any decoder does:
 
-1. **Read**: not a regular file, empty, above :data:`MAX_FILE_BYTES`, unreadable -> ``error``.
-2. **Sniff** the magic bytes (:func:`dcx.engine.formats.sniff_bytes`); unknown -> ``error``.
+1. **Read** the header first: not a regular file, above :data:`MAX_FILE_BYTES`, unreadable -> ``error``.
+2. **Sniff** the magic bytes (:func:`dcx.engine.formats.sniff_bytes`); unknown or empty -> ``error``
+   when the name claims an image or DICOM (:func:`claims_image`), else ``skipped`` (a CSV, a PDF,
+   ``Thumbs.db``: no image, nothing wrong). Only then is the rest of the file read.
 3. **DICOM** (:mod:`dcx.engine.dicom`): header rules first (non-images and series rules ->
    ``skipped``; absurd sizes -> ``error``, before any pixel is touched). Frame 1 of JPEG baseline
    and JPEG 2000 objects (and lossless JPEG on a GPU) goes to DALI's decoder as compressed bytes;
@@ -226,14 +228,12 @@ class Decoder:
     def _prepare(self, path: Path) -> _Item:
         outcome = Outcome()
         try:
-            data = _read(path)
-            outcome.format = formats.sniff_bytes(data[:formats.HEADER_BYTES])
-            if outcome.format is None:
-                raise DcxError("unsupported format: not JPEG, PNG, TIFF, BMP, WebP, JPEG 2000 or "
-                               "DICOM by its first bytes")
+            data, outcome.format = _read(path)
             if outcome.format == "dicom":
                 return self._prepare_dicom(data, outcome)
             return self._prepare_raster(path, data, outcome)
+        except NotAnImage as exc:
+            outcome.status, outcome.reason = "skipped", exc.message
         except dicom.Skipped as exc:
             outcome.status, outcome.reason = "skipped", exc.message
         except DcxError as exc:
@@ -303,16 +303,44 @@ class Decoder:
 # --------------------------------------------------------------------------- helpers
 
 
-def _read(path: Path) -> bytes:
+class NotAnImage(DcxError):
+    """A file that neither is nor claims to be an image (``manifest.csv``, ``Thumbs.db``): a
+    ``skipped`` row, so real folders do not make every nightly run end with errors."""
+
+
+#: Name suffixes that claim an image or DICOM file: such a file that cannot be read is an
+#: ``error``. So is a file without suffix (PACS exports name DICOM files ``IM000123``) or with a
+#: numeric one (files named by their SOP Instance UID, ``1.2.840...5.1234``).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".bmp", ".dib",
+                            ".webp", ".jp2", ".j2k", ".j2c", ".jpx", ".jpf", ".jpc", ".dcm", ".dicom",
+                            ".dic", ".ima", ".img"})
+
+
+def claims_image(path: Path) -> bool:
+    suffix = path.suffix.lower()
+    return suffix == "" or suffix in IMAGE_SUFFIXES or suffix[1:].isdigit()
+
+
+def _read(path: Path) -> tuple[bytes, str]:
+    """The bytes and format of an image file. The header is read and sniffed first, so a file
+    that is no image is never read whole; the open never blocks (a FIFO put in place of a file
+    after discovery is refused, not waited on)."""
     try:
-        st = path.stat()
-        if not stat.S_ISREG(st.st_mode):
-            raise DcxError("not a regular file")
-        if st.st_size == 0:
-            raise DcxError("empty file (0 bytes)")
-        if st.st_size > MAX_FILE_BYTES:
-            raise DcxError(f"{st.st_size} bytes exceeds the {MAX_FILE_BYTES} byte file limit")
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise DcxError("not a regular file")
+            if st.st_size == 0:
+                _refuse(path, "empty file (0 bytes)")
+            if st.st_size > MAX_FILE_BYTES:
+                raise DcxError(f"{st.st_size} bytes exceeds the {MAX_FILE_BYTES} byte file limit")
+            head = f.read(formats.HEADER_BYTES)
+            fmt = formats.sniff_bytes(head)
+            if fmt is None:
+                _refuse(path, "unsupported format: not JPEG, PNG, TIFF, BMP, WebP, JPEG 2000 or DICOM "
+                              "by its first bytes")
+            data = head + f.read(MAX_FILE_BYTES + 1 - len(head))
     except PermissionError:
         raise DcxError("permission denied") from None
     except FileNotFoundError:
@@ -321,7 +349,16 @@ def _read(path: Path) -> bytes:
         raise DcxError(f"cannot read: {exc.strerror or exc}") from None
     if not data:
         raise DcxError("empty file (0 bytes)")
-    return data
+    if len(data) > MAX_FILE_BYTES:
+        raise DcxError(f"more than {MAX_FILE_BYTES} bytes: exceeds the file limit")
+    return data, fmt
+
+
+def _refuse(path: Path, problem: str) -> None:
+    """An unreadable file is an error when its name claims an image, else a skipped non-image."""
+    if claims_image(path):
+        raise DcxError(problem)
+    raise NotAnImage(f"not an image: a {path.suffix.lower()} file, {problem.split(':')[0]}")
 
 
 def _probe(data: bytes):

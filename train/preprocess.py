@@ -19,6 +19,7 @@ The engine's DALI pipeline reproduces steps 1-2 on CPU or GPU; its test states t
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,6 +108,13 @@ def read_unit_gray(path: str | os.PathLike) -> np.ndarray:
     """
     from dcx.engine import formats
 
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DcxError(f"{os.fspath(path)}: " + ("broken symbolic link" if os.path.islink(path)
+                                                 else "file not found")) from None
+    if not stat.S_ISREG(mode):  # opening a FIFO would wait forever
+        raise DcxError(f"{os.fspath(path)}: not a regular file")
     kind = formats.sniff(path)
     if kind == "dicom":
         from dcx.engine import dicom
