@@ -48,6 +48,7 @@ from dcx.train.preprocess import MAX_PIXELS, Preprocess, read_unit_gray
 
 from . import dicom, formats
 from .dali_pipeline import CLOCK_STAGES, KINDS, BatchFailed, Sample, LetterboxPipeline
+from .reasons import clean_text, exception_reason
 from .stage_clock import StageClock
 
 # nvImageCodec's header parser and OpenCV's JPEG 2000 reader (both inside DALI) log every odd
@@ -188,7 +189,7 @@ class Decoder:
             except BatchFailed as exc:
                 self.counts["failed_batches"] += 1
                 if len(group) == 1:
-                    self._use_reference(items[group[0]], f"DALI could not decode it: {exc}")
+                    self._use_reference(items[group[0]], f"DALI could not decode it: {clean_text(str(exc))}")
                 else:
                     half = len(group) // 2
                     pending += [group[half:], group[:half]]
@@ -221,7 +222,8 @@ class Decoder:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # a decoder bug (or a Rust panic) must not cost the batch
-            item.outcome.status, item.outcome.reason = "error", f"{dali_problem}; reference: {exc}"
+            item.outcome.status, item.outcome.reason = "error", clean_text(f"{dali_problem}; reference: "
+                                                                           f"{exception_reason(exc)}")
 
     # ------------------------------------------------------------------ one file
 
@@ -241,7 +243,7 @@ class Decoder:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # hostile bytes find bugs anywhere: one row, never a crash
-            outcome.status, outcome.reason = "error", f"unexpected {type(exc).__name__}: {exc}"[:300]
+            outcome.status, outcome.reason = "error", f"unexpected {exception_reason(exc)}"
         return _Item(outcome)
 
     def _prepare_raster(self, path: Path, data: bytes, outcome: Outcome) -> _Item:
@@ -429,4 +431,4 @@ def _read_reference(path: Path) -> np.ndarray:
         return read_unit_gray(path)
     except DcxError as exc:
         prefix = f"{os.fspath(path)}: "
-        raise DcxError(exc.message[len(prefix):] if exc.message.startswith(prefix) else exc.message) from exc
+        raise DcxError(clean_text(exc.message[len(prefix):] if exc.message.startswith(prefix) else exc.message)) from exc

@@ -146,4 +146,28 @@ def _read_raster(path) -> np.ndarray:
     except DcxError:
         raise
     except Exception as exc:  # Pillow raises many types for hostile bytes
+        deep = _read_deep_jpeg(path)
+        if deep is not None:
+            return deep
         raise DcxError(f"{os.fspath(path)}: cannot decode ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_deep_jpeg(path) -> np.ndarray | None:
+    """A 12- or 16-bit JPEG (Pillow reads 8-bit ones only) through libjpeg (pylibjpeg-libjpeg),
+    as unit gray over its bit depth; None for anything else."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    try:
+        from libjpeg import decode, get_parameters
+
+        info = get_parameters(data)
+        if info["precision"] <= 8:
+            return None
+        if info["rows"] * info["columns"] > MAX_PIXELS:
+            raise DcxError(f"{os.fspath(path)}: {info['columns']}x{info['rows']} exceeds the {MAX_PIXELS} pixel limit")
+        pixels = decode(data)
+    except (ImportError, RuntimeError, ValueError, KeyError):
+        return None
+    return pixels.astype(np.float32) / np.float32((1 << info["precision"]) - 1)
