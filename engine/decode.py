@@ -46,7 +46,7 @@ import torch
 from dcx.train.errors import DcxError
 from dcx.train.preprocess import MAX_PIXELS, Preprocess, read_unit_gray
 
-from . import dicom, formats
+from . import dicom, formats, integrity
 from .dali_pipeline import CLOCK_STAGES, KINDS, BatchFailed, Sample, LetterboxPipeline
 from .reasons import clean_text, exception_reason
 from .stage_clock import StageClock
@@ -75,6 +75,8 @@ class Outcome:
 
     status: str = "ok"  # ok | error | skipped
     reason: str | None = None
+    #: For an ``ok`` file: damage the decoder forgave (:func:`dcx.engine.integrity.damage`).
+    note: str | None = None
     format: str | None = None
     meta: dict = field(default_factory=dict)
 
@@ -248,6 +250,7 @@ class Decoder:
 
     def _prepare_raster(self, path: Path, data: bytes, outcome: Outcome) -> _Item:
         item = _Item(outcome, reference=lambda: _read_reference(path))
+        outcome.note = integrity.damage(outcome.format, data)
         header = _probe(data)
         if header is not None:
             outcome.meta.update(width=header.width, height=header.height)

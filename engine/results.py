@@ -7,7 +7,7 @@ Columns, in order (``patient_*`` only with ``--include-phi``; ``p_<class>`` per 
 
 ``status`` is ``ok`` (scored), ``skipped`` (not a radiograph to score, e.g. a DICOM structured
 report or a series rule) or ``error`` (could not be scored); ``reason`` says why for the
-last two. ``flagged`` is ``p_positive >= threshold`` (the convention of dcx.train.metrics).
+last two, and on an ``ok`` row notes damage the decoder forgave (``damaged: ...``). ``flagged`` is ``p_positive >= threshold`` (the convention of dcx.train.metrics).
 Scores are rounded to 6 decimals: finer than any model's meaningful precision, coarse
 enough to read.
 

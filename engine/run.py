@@ -347,7 +347,7 @@ def score_chunk(chunk: Chunk, backend, schema: RowSchema, options: ScreenOptions
             rows[file_index] = schema.row(c.path, c.size, c.mtime_ns, status="error",
                                           reason="decoder returned no image", **common)
         else:
-            row = schema.row(c.path, c.size, c.mtime_ns, status="ok", probs=probs[k], **common)
+            row = schema.row(c.path, c.size, c.mtime_ns, status="ok", reason=outcome.note, probs=probs[k], **common)
             if row["flagged"] and options.heatmaps:
                 row["heatmap"] = _save_heatmap(batch.images[k], cams[k], c.path, options.heatmaps)
             rows[file_index] = row
