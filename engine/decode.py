@@ -234,7 +234,7 @@ class Decoder:
         try:
             data, outcome.format = _read(path)
             if outcome.format == "dicom":
-                return self._prepare_dicom(data, outcome)
+                return self._prepare_dicom(path, outcome)
             return self._prepare_raster(path, data, outcome)
         except NotAnImage as exc:
             outcome.status, outcome.reason = "skipped", exc.message
@@ -265,8 +265,10 @@ class Decoder:
             item.kind, item.sample = kind, Sample(_array(data), header.height, header.width, 1.0 / top)
         return item
 
-    def _prepare_dicom(self, data: bytes, outcome: Outcome) -> _Item:
-        image = dicom.open_dicom(data, include_phi=self.include_phi, series_rules=self.series_rules)
+    def _prepare_dicom(self, path: Path, outcome: Outcome) -> _Item:
+        # from the path: pydicom reads the header and defers large values (the pixel data is
+        # read once, when frame 1 is taken), so a DICOM file is never held twice in memory
+        image = dicom.open_dicom(path, include_phi=self.include_phi, series_rules=self.series_rules)
         outcome.meta.update(image.meta)
         item = _Item(outcome, reference=image.unit_gray)
         transform = image.transform
@@ -327,9 +329,10 @@ def claims_image(path: Path) -> bool:
 
 
 def _read(path: Path) -> tuple[bytes, str]:
-    """The bytes and format of an image file. The header is read and sniffed first, so a file
-    that is no image is never read whole; the open never blocks (a FIFO put in place of a file
-    after discovery is refused, not waited on)."""
+    """The bytes and format of an image file (of a DICOM file: its first bytes only, pydicom
+    reads the rest). The header is read and sniffed first, so a file that is no image is never
+    read whole; the open never blocks (a FIFO put in place of a file after discovery is refused,
+    not waited on)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         with os.fdopen(fd, "rb") as f:
@@ -345,7 +348,13 @@ def _read(path: Path) -> tuple[bytes, str]:
             if fmt is None:
                 _refuse(path, "unsupported format: not JPEG, PNG, TIFF, BMP, WebP, JPEG 2000 or DICOM "
                               "by its first bytes")
-            data = head + f.read(MAX_FILE_BYTES + 1 - len(head))
+            if fmt == "dicom":
+                return head, fmt
+            data = bytearray(st.st_size)  # one buffer, filled in place: no second copy of a large file
+            data[: len(head)] = head
+            with memoryview(data) as view, view[len(head):] as rest:
+                filled = len(head) + f.readinto(rest)
+            del data[filled:]  # the file shrank since its stat
     except PermissionError:
         raise DcxError("permission denied") from None
     except FileNotFoundError:
@@ -354,8 +363,6 @@ def _read(path: Path) -> tuple[bytes, str]:
         raise DcxError(f"cannot read: {exc.strerror or exc}") from None
     if not data:
         raise DcxError("empty file (0 bytes)")
-    if len(data) > MAX_FILE_BYTES:
-        raise DcxError(f"more than {MAX_FILE_BYTES} bytes: exceeds the file limit")
     return data, fmt
 
 

@@ -249,11 +249,12 @@ def test_a_full_disk_is_one_error_line(trained_checkpoint, small_archive, tmp_pa
         limit = 40_000
     if where == "heatmaps":
         args += ["--heatmaps", tmp_path / "heat", "--no-state"]
-        limit = 6_000
+        limit = 4_000  # above the CSV (about 2.5 kB), below one heatmap PNG (about 5.5 kB)
     proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(limit), *map(str, args)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("Error:") == 1, proc.stderr
+    assert {"results": "r.csv.partial", "state": "state database", "heatmaps": "heatmap"}[where] in proc.stderr
     assert not out.exists()
 
 
