@@ -74,12 +74,17 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
     (p_positive >= the model's threshold), and status ok / skipped / error with the reason.
 
     Formats are recognised by content (JPEG, PNG, TIFF, BMP, WebP, JPEG 2000, DICOM with or
-    without extension); hidden files are skipped; anything else gets an 'error' row.
+    without extension); hidden files are not listed; files that are plainly not images
+    (manifest.csv, notes.txt, Thumbs.db) get a 'skipped' row; files named or built like images
+    that cannot be read get an 'error' row; damaged files that still decode are scored with a
+    'damaged: ...' reason.
 
     Nightly runs: a state database beside the output remembers finished rows by path, size,
-    mtime and model, so a rerun scores only new or changed files, and a run stopped by Ctrl-C
-    or a crash resumes where it stopped. The output is rewritten complete on every run and
-    appears under its name only when the run finishes (meanwhile: <out>.partial).
+    mtime, ctime, inode and model (its card and file hash), so a rerun scores only new or
+    changed files, and a run stopped by Ctrl-C, SIGTERM or a crash resumes where it stopped.
+    The output is rewritten complete on every run and appears under its name only when the
+    run finishes (meanwhile: <out>.partial). One run per output: a second run on the same
+    --out stops at once, naming the running one (<out>.lock).
 
     \b
     Examples:
@@ -96,7 +101,8 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
       3    finished, but some files are 'error' rows (the output is complete)
       1    fatal error (bad engine file, unwritable output, ...): nothing published
       2    bad command line
-      130  interrupted: finished rows are kept in the state database; rerun to resume
+      130  interrupted (Ctrl-C or SIGTERM): finished rows are kept in the state database;
+           rerun to resume
     """
     run = dict(archive=archive, engine=engine, out=out, fmt=fmt, batch_size=batch_size,
                decode_threads=decode_threads, device=device, include=include, exclude=exclude,

@@ -46,7 +46,7 @@ PREFETCH = 2
 MAX_CHUNK_FILES = 1024
 #: ... and once the files it will read add up to this many bytes (a file is read whole to be
 #: decoded), so a batch of large DICOM files cannot hold batch size x file size in memory.
-MAX_CHUNK_BYTES = 256 << 20
+MAX_CHUNK_BYTES = 64 << 20
 STAGES = ("discover", "state", "read", "decode", "preprocess", "infer", "write")
 
 

@@ -140,6 +140,19 @@ def _bad_numeric_tag(path: Path, gray: np.ndarray) -> None:
     path.write_bytes(raw.replace(slope, b"\x28\x00\x53\x10DS\x08\x00" + PHI_MARKER.encode()))
 
 
+def _text_in_frame_count(path: Path, gray: np.ndarray) -> None:
+    """NumberOfFrames (an IS, integer string) holding a patient's name."""
+    _dicom(path, gray)
+    raw = path.read_bytes()
+    marker = b"\x28\x00\x08\x00IS"
+    assert marker not in raw
+    # an explicit-VR element placed in group order, after (0028,0004) PhotometricInterpretation
+    photometric = raw.index(b"\x28\x00\x04\x00CS")
+    end = photometric + 8 + int.from_bytes(raw[photometric + 6 : photometric + 8], "little")
+    element = marker + len(PHI_MARKER).to_bytes(2, "little") + PHI_MARKER.encode()
+    path.write_bytes(raw[:end] + element + raw[end:])
+
+
 def build_corpus(root: Path) -> dict[str, Expect]:
     """Write the corpus under ``root``; return the expectation per path relative to ``root``."""
     root.mkdir(parents=True, exist_ok=True)
@@ -190,6 +203,8 @@ def build_corpus(root: Path) -> dict[str, Expect]:
     expect["dicom/report-sr.dcm"] = Expect("skipped", r"not an image")
     _bad_numeric_tag(root / "dicom/phi-in-slope.dcm", gray)
     expect["dicom/phi-in-slope.dcm"] = Expect("ok")  # the default slope; the value never shows
+    _text_in_frame_count(root / "dicom/phi-in-frames.dcm", gray)
+    expect["dicom/phi-in-frames.dcm"] = Expect("error", r".")
 
     os.mkfifo(root / "bad/pipe.png")
     expect["bad/pipe.png"] = Expect("error", r"not a regular file")

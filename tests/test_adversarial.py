@@ -78,6 +78,20 @@ def test_two_names_that_escape_alike_stay_two_paths(corpus, screened):
 def test_formula_cells_in_jsonl_are_left_as_they_are(trained_checkpoint, corpus, tmp_path):
     root, _ = corpus
     out = tmp_path / "r.jsonl"
-    invoke(main, ["--engine", trained_checkpoint, root / "dicom", "--out", out, "--no-state"], expect_exit=0)
+    invoke(main, ["--engine", trained_checkpoint, root / "dicom", "--out", out, "--no-state"], expect_exit=3)
     assert [r["accession"] for r in read_rows(out) if r["accession"]] == [FORMULA]
     assert "'=HYPERLINK" not in out.read_text(encoding="utf-8")
+
+
+def test_foreign_exception_texts_keep_their_cause_and_lose_paths_and_values():
+    from dcx.engine.reasons import exception_reason
+
+    plugins = RuntimeError("Unable to decode the pixel data as none of the available plugins succeeded:\n"
+                           "  pylibjpeg: libjpeg error code -1038 returned from Decode()\n"
+                           "  pyjpegls: not installed")
+    reason = exception_reason(plugins)
+    assert "libjpeg error code -1038" in reason and "pyjpegls: not installed" in reason and "\n" not in reason
+    assert exception_reason(OSError("cannot identify image file '/home/x/DOE_JOHN.png'")) == \
+        "OSError: cannot identify image file '…'"
+    assert PHI_MARKER not in exception_reason(ValueError(f"could not convert string to float: '{PHI_MARKER}'"))
+    assert len(exception_reason(ValueError("x" * 5000))) <= 300
