@@ -244,7 +244,9 @@ def test_a_full_disk_is_one_error_line(trained_checkpoint, small_archive, tmp_pa
     the same code paths, without filling a real disk."""
     out = tmp_path / "r.csv"
     args = ["--engine", trained_checkpoint, small_archive, "--out", out, "--batch-size", 2]
-    limit = {"results": 1500, "state": 1 << 30, "heatmaps": 1 << 30}[where]
+    limit = 1500  # results: the header fits, the first rows do not
+    if where == "results":
+        args += ["--no-state"]
     if where == "state":  # a state database that is already large: its next page does not fit
         limit = 40_000
     if where == "heatmaps":
