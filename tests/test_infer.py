@@ -236,7 +236,7 @@ def test_default_output_is_named_after_the_archive(trained_checkpoint, archive, 
     monkeypatch.chdir(tmp_path)
     invoke(main, ["--engine", trained_checkpoint, archive, "--format", "jsonl"], expect_exit=3)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "archive.dcx.jsonl", "archive.dcx.state.sqlite", "archive.dcx.summary.json"]
+        "archive.dcx.jsonl", "archive.dcx.jsonl.lock", "archive.dcx.state.sqlite", "archive.dcx.summary.json"]
 
 
 def test_usage_errors(trained_checkpoint, archive, tmp_path):
