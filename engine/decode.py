@@ -317,15 +317,21 @@ class NotAnImage(DcxError):
 
 #: Name suffixes that claim an image or DICOM file: such a file that cannot be read is an
 #: ``error``. So is a file without suffix (PACS exports name DICOM files ``IM000123``) or with a
-#: numeric one (files named by their SOP Instance UID, ``1.2.840...5.1234``).
+#: numeric one (files named by their SOP Instance UID, ``1.2.840...5.1234``), and an image in a
+#: format dcx does not score (GIF, HEIC, NIfTI, ...): an image the run could not look at.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".bmp", ".dib",
                             ".webp", ".jp2", ".j2k", ".j2c", ".jpx", ".jpf", ".jpc", ".dcm", ".dicom",
-                            ".dic", ".ima", ".img"})
+                            ".dic", ".ima", ".img", ".gif", ".heic", ".heif", ".avif", ".jxl", ".pgm",
+                            ".ppm", ".pnm", ".pbm", ".tga", ".ico", ".exr", ".hdr", ".raw", ".nii",
+                            ".mha", ".mhd", ".nrrd", ".gz"})
+#: First bytes of image formats dcx does not score (GIF): an error whatever the name.
+_OTHER_IMAGE_MAGIC = (b"GIF87a", b"GIF89a")
 
 
-def claims_image(path: Path) -> bool:
+def claims_image(path: Path, head: bytes = b"") -> bool:
     suffix = path.suffix.lower()
-    return suffix == "" or suffix in IMAGE_SUFFIXES or suffix[1:].isdigit()
+    return (suffix == "" or suffix in IMAGE_SUFFIXES or suffix[1:].isdigit()
+            or head.startswith(_OTHER_IMAGE_MAGIC))
 
 
 def _read(path: Path) -> tuple[bytes, str]:
@@ -340,13 +346,13 @@ def _read(path: Path) -> tuple[bytes, str]:
             if not stat.S_ISREG(st.st_mode):
                 raise DcxError("not a regular file")
             if st.st_size == 0:
-                _refuse(path, "empty file (0 bytes)")
+                _refuse(path, b"", "empty file (0 bytes)")
             if st.st_size > MAX_FILE_BYTES:
                 raise DcxError(f"{st.st_size} bytes exceeds the {MAX_FILE_BYTES} byte file limit")
             head = f.read(formats.HEADER_BYTES)
             fmt = formats.sniff_bytes(head)
             if fmt is None:
-                _refuse(path, "unsupported format: not JPEG, PNG, TIFF, BMP, WebP, JPEG 2000 or DICOM "
+                _refuse(path, head, "unsupported format: not JPEG, PNG, TIFF, BMP, WebP, JPEG 2000 or DICOM "
                               "by its first bytes")
             if fmt == "dicom":
                 return head, fmt
@@ -366,9 +372,9 @@ def _read(path: Path) -> tuple[bytes, str]:
     return data, fmt
 
 
-def _refuse(path: Path, problem: str) -> None:
-    """An unreadable file is an error when its name claims an image, else a skipped non-image."""
-    if claims_image(path):
+def _refuse(path: Path, head: bytes, problem: str) -> None:
+    """An unreadable file is an error when it claims to be an image, else a skipped non-image."""
+    if claims_image(path, head):
         raise DcxError(problem)
     raise NotAnImage(f"not an image: a {path.suffix.lower()} file, {problem.split(':')[0]}")
 

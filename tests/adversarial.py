@@ -189,6 +189,8 @@ def build_corpus(root: Path) -> dict[str, Expect]:
         "bad/giant.png": (giant_png(), Expect("error", r"pixel limit")),
         "bad/garbage.dcm": (bytes(range(256)) * 4, Expect("error", r".")),
         "bad/fake-preamble.dcm": (b"\0" * 128 + b"DICM" + b"\xff" * 300, Expect("error", r".")),
+        "bad/anim.gif": (b"GIF89a" + bytes(100), Expect("error", r"unsupported format")),
+        "bad/gif-named.txt": (b"GIF89a" + bytes(100), Expect("error", r"unsupported format")),
         "bad/IM000002": (b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100" + b"\xff" * 40, Expect("error", r".")),
     }
     for rel, (data, _) in files.items():

@@ -287,6 +287,7 @@ def test_ctrl_c_during_start_up_exits_130(trained_checkpoint, small_archive, tmp
 
 
 def test_a_second_signal_during_shutdown_is_ignored():
+    before = signal.getsignal(signal.SIGTERM)
     cleaned = False
     with pytest.raises(KeyboardInterrupt):
         with interrupts.handled():
@@ -298,7 +299,7 @@ def test_a_second_signal_during_shutdown_is_ignored():
                 time.sleep(0.05)
                 cleaned = True
     assert cleaned
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) == before  # restored
 
 
 TERMINATOR = ("import os, signal\n"
