@@ -323,7 +323,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".
                             ".webp", ".jp2", ".j2k", ".j2c", ".jpx", ".jpf", ".jpc", ".dcm", ".dicom",
                             ".dic", ".ima", ".img", ".gif", ".heic", ".heif", ".avif", ".jxl", ".pgm",
                             ".ppm", ".pnm", ".pbm", ".tga", ".ico", ".exr", ".hdr", ".raw", ".nii",
-                            ".mha", ".mhd", ".nrrd", ".gz"})
+                            ".mha", ".mhd", ".nrrd"})
 #: First bytes of image formats dcx does not score (GIF): an error whatever the name.
 _OTHER_IMAGE_MAGIC = (b"GIF87a", b"GIF89a")
 
