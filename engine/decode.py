@@ -341,10 +341,11 @@ def _read(path: Path) -> tuple[bytes, str]:
     not waited on)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise DcxError("not a regular file")
         with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise DcxError("not a regular file")
             if st.st_size == 0:
                 _refuse(path, b"", "empty file (0 bytes)")
             if st.st_size > MAX_FILE_BYTES:
