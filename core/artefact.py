@@ -91,6 +91,7 @@ def read_card(artefact: str | os.PathLike) -> ModelCard:
         raise DcxError(f"model artefact not found: {artefact}")
     payload = read_sidecar(artefact)
     if payload is not None:
+        check_identity(artefact, payload)
         return ModelCard.from_dict(payload["card"])
     if artefact.suffix.lower() != ".onnx":
         raise DcxError(f"{artefact} has no sidecar {sidecar_path(artefact).name}: "
@@ -102,6 +103,34 @@ def read_card(artefact: str | os.PathLike) -> ModelCard:
         return ModelCard.from_dict(json.loads(meta[CARD_KEY]))
     except ValueError as exc:
         raise DcxError(f"{artefact}: the '{CARD_KEY}' metadata is not valid JSON") from exc
+
+
+def check_identity(artefact: Path, payload: dict) -> None:
+    """The sidecar must describe this very file: a retrained ``model.onnx`` copied over the old
+    one beside the old ``model.onnx.json`` would otherwise be scored under the old card (model
+    id, classes, threshold). The sidecar's recorded sha256 decides; a sidecar without one
+    (older exports) must at least carry the card the ONNX file itself embeds."""
+    key = "onnx_sha256" if artefact.suffix.lower() == ".onnx" else "plan_sha256"
+    recorded = (payload.get("artefact") or {}).get(key)
+    stale = (f"the model file was replaced without its sidecar? Re-export it, or put the "
+             f"matching {sidecar_path(artefact).name} beside it")
+    if recorded:
+        actual = sha256_file(artefact)
+        if actual != recorded:
+            raise DcxError(f"{artefact} is not the file its sidecar {sidecar_path(artefact).name} describes "
+                           f"(sha256 {actual[:12]}..., the sidecar records {str(recorded)[:12]}...): {stale}")
+    elif artefact.suffix.lower() == ".onnx":
+        embedded = onnx_metadata(artefact).get(CARD_KEY)
+        if embedded is not None and _parsed(embedded) != payload["card"]:
+            raise DcxError(f"{artefact} embeds another model card than its sidecar "
+                           f"{sidecar_path(artefact).name}: {stale}")
+
+
+def _parsed(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def read_precision(onnx_path: str | os.PathLike) -> str:

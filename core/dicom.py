@@ -38,6 +38,8 @@ import numpy as np
 from .errors import DcxError
 from .preprocess import MAX_PIXELS, to_unit_gray
 
+from .reasons import exception_reason
+
 #: Header tags copied to every DICOM result, as (metadata key, DICOM keyword).
 META_TAGS = (
     ("study_uid", "StudyInstanceUID"),
@@ -423,5 +425,4 @@ def _sop_class(ds) -> str | None:
 
 
 def _why(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
+    return exception_reason(exc, limit=240)

@@ -7,6 +7,7 @@ instead, and ``tests/engine/test_decode.py`` holds the two together.
 from __future__ import annotations
 
 import os
+import stat
 
 import numpy as np
 from PIL import Image
@@ -18,6 +19,13 @@ from .preprocess import MAX_PIXELS, to_unit_gray
 
 def read_unit_gray(path: str | os.PathLike) -> np.ndarray:
     """Any supported file -> unit-gray HxW float32 (step 1 of the contract)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DcxError(f"{os.fspath(path)}: " + ("broken symbolic link" if os.path.islink(path)
+                                                 else "file not found")) from None
+    if not stat.S_ISREG(mode):  # opening a FIFO would wait forever
+        raise DcxError(f"{os.fspath(path)}: not a regular file")
     kind = formats.sniff(path)
     if kind == "dicom":
         return dicom.read_unit_gray(path)
@@ -45,4 +53,28 @@ def _read_raster(path) -> np.ndarray:
     except DcxError:
         raise
     except Exception as exc:  # Pillow raises many types for hostile bytes
+        deep = _read_deep_jpeg(path)
+        if deep is not None:
+            return deep
         raise DcxError(f"{os.fspath(path)}: cannot decode ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_deep_jpeg(path) -> np.ndarray | None:
+    """A 12- or 16-bit JPEG (Pillow reads 8-bit ones only) through libjpeg (pylibjpeg-libjpeg),
+    as unit gray over its bit depth; None for anything else."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    try:
+        from libjpeg import decode, get_parameters
+
+        info = get_parameters(data)
+        if info["precision"] <= 8:
+            return None
+        if info["rows"] * info["columns"] > MAX_PIXELS:
+            raise DcxError(f"{os.fspath(path)}: {info['columns']}x{info['rows']} exceeds the {MAX_PIXELS} pixel limit")
+        pixels = decode(data)
+    except (ImportError, RuntimeError, ValueError, KeyError):
+        return None
+    return pixels.astype(np.float32) / np.float32((1 << info["precision"]) - 1)

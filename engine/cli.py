@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+import tempfile
 from urllib.parse import urlsplit
 
 import click
@@ -11,7 +12,9 @@ from dcx.core.errors import Command, DcxError
 from dcx.core.files import usable_cores
 from dcx.core.site import read_site
 
+from . import interrupts
 from .dicomweb import ENV_PASSWORD, ENV_TOKEN, ENV_USER, DicomWebClient, DicomWebSource, Query, is_dicomweb_url
+from .lock import OutputLock
 from .ray_runner import RAY_HELP, parse_address, screen_on_ray  # Ray itself loads only when --ray runs
 from .results import FORMATS
 from .run import screen
@@ -99,12 +102,17 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
     queried (QIDO-RS), retrieved (WADO-RS) and decoded like files, one row per instance.
 
     Formats are recognised by content (JPEG, PNG, TIFF, BMP, WebP, JPEG 2000, DICOM with or
-    without extension); hidden files are skipped; anything else gets an 'error' row.
+    without extension); hidden files are not listed; files that are plainly not images
+    (manifest.csv, notes.txt, Thumbs.db) get a 'skipped' row; files named or built like images
+    that cannot be read get an 'error' row; damaged files that still decode are scored with a
+    'damaged: ...' reason.
 
     Nightly runs: a state database beside the output remembers finished rows by path, size,
-    mtime and model, so a rerun scores only new or changed files, and a run stopped by Ctrl-C
-    or a crash resumes where it stopped. The output is rewritten complete on every run and
-    appears under its name only when the run finishes (meanwhile: <out>.partial).
+    mtime, ctime, inode and model (its card and file hash), so a rerun scores only new or
+    changed files, and a run stopped by Ctrl-C, SIGTERM or a crash resumes where it stopped.
+    The output is rewritten complete on every run and appears under its name only when the
+    run finishes (meanwhile: <out>.partial). One run per output: a second run on the same
+    --out stops at once, naming the running one (<out>.lock).
 
     \b
     Examples:
@@ -122,8 +130,42 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
       3    finished, but some files are 'error' rows (the output is complete)
       1    fatal error (bad engine file, unwritable output, ...): nothing published
       2    bad command line
-      130  interrupted: finished rows are kept in the state database; rerun to resume
+      130  interrupted (Ctrl-C or SIGTERM): finished rows are kept in the state database;
+           rerun to resume
     """
+    run = dict(archive=archive, engine=engine, out=out, fmt=fmt, batch_size=batch_size,
+               decode_threads=decode_threads, device=device, include=include, exclude=exclude,
+               files_from=files_from, state=state, no_state=no_state, heatmaps=heatmaps,
+               include_phi=include_phi, series_rules=series_rules, summary=summary, force=force,
+               shard=shard, site_file=site_file, ray_address=ray_address, ray_timeout=ray_timeout,
+               modality=modality, study_date=study_date, since=since, sr_to=sr_to, sr_dir=sr_dir,
+               ca_bundle=ca_bundle)
+    with interrupts.handled():  # from the first line: Ctrl-C while torch loads exits 130 too
+        try:
+            result, out, state, summary = _run(**run)
+        except KeyboardInterrupt:
+            saved = state is not None or not no_state
+            click.echo("\ninterrupted: finished rows are saved in the state database; run the same command "
+                       "again to resume" if saved else "\ninterrupted (no state database: a rerun starts over)",
+                       err=True)
+            raise SystemExit(EXIT_INTERRUPTED)
+
+    counts = result["counts"]
+    click.echo(f"{result['files']} files: {counts['ok']} ok, {counts['skipped']} skipped, "
+               f"{counts['error']} errors; {result['flagged']} flagged "
+               f"({result['decoded_this_run']} read this run, {result['reused_from_state']} reused from the "
+               f"state database; {result['images_per_s']} img/s)")
+    if result.get("reports"):
+        click.echo("structured reports: " + ", ".join(f"{n} {status}" for status, n in result["reports"].items()))
+    click.echo(f"results: {out}\nsummary: {summary}")
+    if counts["error"]:
+        raise SystemExit(EXIT_FILE_ERRORS)
+
+
+def _run(archive, engine, out, fmt, batch_size, decode_threads, device, include, exclude, files_from, state,
+         no_state, heatmaps, include_phi, series_rules, summary, force, shard, site_file, ray_address, ray_timeout,
+         modality, study_date, since, sr_to, sr_dir, ca_bundle):
+    """The run behind :func:`main`: (its summary, and the output, state and summary paths used)."""
     if ray_address is not None:
         ray_address = parse_address(ray_address)
     if archive is None and files_from is None:
@@ -157,44 +199,38 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
         out, state, summary = (shard.part_path(p) if p is not None else None for p in (out, state, summary))
     state = None if no_state else (state or _beside(out, "state.sqlite"))
     summary = summary or _beside(out, "summary.json")
-    if out.exists() and not force and not (state is not None and state.exists()):
-        raise DcxError(f"{out} exists and no state database ({state or '--no-state'}) accounts for it; "
-                       "pass --force to overwrite it")
     if out.is_dir() and ray_address is None:
         raise DcxError(f"--out {out} is a directory; name the result file")
-
+    if summary.is_dir():
+        raise DcxError(f"--summary {summary} is a directory; name the summary file")
     if heatmaps is not None:
-        try:
-            heatmaps.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DcxError(f"cannot create --heatmaps folder {heatmaps}: {exc.strerror or exc}") from exc
+        _check_heatmap_folder(heatmaps)
 
-    options = ScreenOptions(
-        engine=engine, out=out, root=archive if source is None else None, files_from=files_from, fmt=fmt,
-        include=include, exclude=exclude, state=state, heatmaps=heatmaps, summary=summary, batch_size=batch_size,
-        decode_threads=decode_threads, device=device, include_phi=include_phi, series_rules=series_rules,
-        progress=True, shard=shard, site=site, dicomweb=source,
-        sr_store=DicomWebClient(sr_to, ca_bundle=ca_bundle) if sr_to else None, sr_dir=sr_dir)
-    try:
+    with OutputLock(out):  # one run per output, for the whole run
+        if out.exists() and not force and not (state is not None and state.exists()):
+            raise DcxError(f"{out} exists and no state database ({state or '--no-state'}) accounts for it; "
+                           "pass --force to overwrite it")
+        options = ScreenOptions(
+            engine=engine, out=out, root=archive if source is None else None, files_from=files_from, fmt=fmt,
+            include=include, exclude=exclude, state=state, heatmaps=heatmaps, summary=summary,
+            batch_size=batch_size, decode_threads=decode_threads, device=device, include_phi=include_phi,
+            series_rules=series_rules, progress=True, shard=shard, site=site, dicomweb=source,
+            sr_store=DicomWebClient(sr_to, ca_bundle=ca_bundle) if sr_to else None, sr_dir=sr_dir)
         if ray_address is None:
             result = screen(options)
         else:
             result = screen_on_ray(options, ray_address, timeout_s=ray_timeout)
-    except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: finished rows are saved in {state}; run the same command again to resume"
-                   if state else "\ninterrupted (no state database: a rerun starts over)", err=True)
-        raise SystemExit(EXIT_INTERRUPTED)
+    return result, out, state, summary
 
-    counts = result["counts"]
-    click.echo(f"{result['files']} files: {counts['ok']} ok, {counts['skipped']} skipped, "
-               f"{counts['error']} errors; {result['flagged']} flagged "
-               f"({result['decoded_this_run']} read this run, {result['reused_from_state']} reused from the "
-               f"state database; {result['images_per_s']} img/s)")
-    if result.get("reports"):
-        click.echo("structured reports: " + ", ".join(f"{n} {status}" for status, n in result["reports"].items()))
-    click.echo(f"results: {out}\nsummary: {summary}")
-    if counts["error"]:
-        raise SystemExit(EXIT_FILE_ERRORS)
+
+def _check_heatmap_folder(folder: Path) -> None:
+    """Made and proven writable before the run, not found read-only at the first flagged image."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".dcx-write-test-"):
+            pass
+    except OSError as exc:
+        raise DcxError(f"cannot write into --heatmaps folder {folder}: {exc.strerror or exc}") from exc
 
 
 def _default_batch_size(device: str) -> int:

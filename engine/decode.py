@@ -2,8 +2,10 @@
 
 Every byte is hostile, so Python looks at each file before any decoder does:
 
-1. **Read**: not a regular file, empty, above :data:`MAX_FILE_BYTES`, unreadable -> ``error``.
-2. **Sniff** the magic bytes (:func:`dcx.core.formats.sniff_bytes`); unknown -> ``error``.
+1. **Read** the header first: not a regular file, above :data:`MAX_FILE_BYTES`, unreadable -> ``error``.
+2. **Sniff** the magic bytes (:func:`dcx.core.formats.sniff_bytes`); unknown or empty -> ``error``
+   when the name claims an image or DICOM (:func:`claims_image`), else ``skipped`` (a CSV, a PDF,
+   ``Thumbs.db``: no image, nothing wrong). Only then is the rest of the file read.
 3. **DICOM** (:mod:`dcx.core.dicom`): header rules first (non-images and series rules ->
    ``skipped``; absurd sizes -> ``error``, before any pixel is touched). Frame 1 of JPEG baseline
    and JPEG 2000 objects (and first-order lossless JPEG on a GPU; :mod:`dcx.engine.codec_rules`)
@@ -40,14 +42,14 @@ from typing import Callable
 import numpy as np
 import torch
 
+from dcx.core import dicom, formats
 from dcx.core.errors import DcxError
 from dcx.core.preprocess import MAX_PIXELS, Preprocess
 from dcx.core.reader import read_unit_gray
 
-from dcx.core import dicom, formats
-
-from . import codec_rules
+from . import codec_rules, integrity
 from .dali_pipeline import CLOCK_STAGES, KINDS, BatchFailed, Sample, LetterboxPipeline
+from .reasons import clean_text, exception_reason
 from .stage_clock import StageClock
 
 # nvImageCodec's header parser and OpenCV's JPEG 2000 reader (both inside DALI) log every odd
@@ -66,6 +68,8 @@ class Outcome:
 
     status: str = "ok"  # ok | error | skipped
     reason: str | None = None
+    #: For an ``ok`` file: damage the decoder forgave (:func:`dcx.engine.integrity.damage`).
+    note: str | None = None
     format: str | None = None
     meta: dict = field(default_factory=dict)
 
@@ -177,7 +181,7 @@ class Decoder:
             except BatchFailed as exc:
                 self.counts["failed_batches"] += 1
                 if len(group) == 1:
-                    self._use_reference(items[group[0]], f"DALI could not decode it: {exc}")
+                    self._use_reference(items[group[0]], f"DALI could not decode it: {clean_text(str(exc))}")
                 else:
                     half = len(group) // 2
                     pending += [group[half:], group[:half]]
@@ -210,21 +214,20 @@ class Decoder:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # a decoder bug (or a Rust panic) must not cost the batch
-            item.outcome.status, item.outcome.reason = "error", f"{dali_problem}; reference: {exc}"
+            item.outcome.status, item.outcome.reason = "error", clean_text(f"{dali_problem}; reference: "
+                                                                           f"{exception_reason(exc)}")
 
     # ------------------------------------------------------------------ one file
 
     def _prepare(self, path: Path) -> _Item:
         outcome = Outcome()
         try:
-            data = _read(path)
-            outcome.format = formats.sniff_bytes(data[:formats.HEADER_BYTES])
-            if outcome.format is None:
-                raise DcxError("unsupported format: not JPEG, PNG, TIFF, BMP, WebP, JPEG 2000 or "
-                               "DICOM by its first bytes")
+            data, outcome.format = _read(path)
             if outcome.format == "dicom":
-                return self._prepare_dicom(data, outcome)
+                return self._prepare_dicom(path, outcome)
             return self._prepare_raster(path, data, outcome)
+        except NotAnImage as exc:
+            outcome.status, outcome.reason = "skipped", exc.message
         except dicom.Skipped as exc:
             outcome.status, outcome.reason = "skipped", exc.message
         except DcxError as exc:
@@ -232,11 +235,12 @@ class Decoder:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # hostile bytes find bugs anywhere: one row, never a crash
-            outcome.status, outcome.reason = "error", f"unexpected {type(exc).__name__}: {exc}"[:300]
+            outcome.status, outcome.reason = "error", f"unexpected {exception_reason(exc)}"
         return _Item(outcome)
 
     def _prepare_raster(self, path: Path, data: bytes, outcome: Outcome) -> _Item:
         item = _Item(outcome, reference=lambda: _read_reference(path))
+        outcome.note = integrity.damage(outcome.format, data)
         header = _probe(data)
         if header is not None:
             outcome.meta.update(width=header.width, height=header.height)
@@ -251,8 +255,10 @@ class Decoder:
             item.kind, item.sample = kind, Sample(_array(data), header.height, header.width, 1.0 / top)
         return item
 
-    def _prepare_dicom(self, data: bytes, outcome: Outcome) -> _Item:
-        image = dicom.open_dicom(data, include_phi=self.include_phi, series_rules=self.series_rules)
+    def _prepare_dicom(self, path: Path, outcome: Outcome) -> _Item:
+        # from the path: pydicom reads the header and defers large values (the pixel data is
+        # read once, when frame 1 is taken), so a DICOM file is never held twice in memory
+        image = dicom.open_dicom(path, include_phi=self.include_phi, series_rules=self.series_rules)
         outcome.meta.update(image.meta)
         item = _Item(outcome, reference=image.unit_gray)
         transform = image.transform
@@ -307,16 +313,58 @@ def module_available(name: str) -> bool:
         return False
 
 
-def _read(path: Path) -> bytes:
+class NotAnImage(DcxError):
+    """A file that neither is nor claims to be an image (``manifest.csv``, ``Thumbs.db``): a
+    ``skipped`` row, so real folders do not make every nightly run end with errors."""
+
+
+#: Name suffixes that claim an image or DICOM file: such a file that cannot be read is an
+#: ``error``. So is a file without suffix (PACS exports name DICOM files ``IM000123``) or with a
+#: numeric one (files named by their SOP Instance UID, ``1.2.840...5.1234``), and an image in a
+#: format dcx does not score (GIF, HEIC, NIfTI, ...): an image the run could not look at.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".bmp", ".dib",
+                            ".webp", ".jp2", ".j2k", ".j2c", ".jpx", ".jpf", ".jpc", ".dcm", ".dicom",
+                            ".dic", ".ima", ".img", ".gif", ".heic", ".heif", ".avif", ".jxl", ".pgm",
+                            ".ppm", ".pnm", ".pbm", ".tga", ".ico", ".exr", ".hdr", ".raw", ".nii",
+                            ".mha", ".mhd", ".nrrd"})
+#: First bytes of image formats dcx does not score (GIF): an error whatever the name.
+_OTHER_IMAGE_MAGIC = (b"GIF87a", b"GIF89a")
+
+
+def claims_image(path: Path, head: bytes = b"") -> bool:
+    suffix = path.suffix.lower()
+    return (suffix == "" or suffix in IMAGE_SUFFIXES or suffix[1:].isdigit()
+            or head.startswith(_OTHER_IMAGE_MAGIC))
+
+
+def _read(path: Path) -> tuple[bytes, str]:
+    """The bytes and format of an image file (of a DICOM file: its first bytes only, pydicom
+    reads the rest). The header is read and sniffed first, so a file that is no image is never
+    read whole; the open never blocks (a FIFO put in place of a file after discovery is refused,
+    not waited on)."""
     try:
-        st = path.stat()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
             raise DcxError("not a regular file")
-        if st.st_size == 0:
-            raise DcxError("empty file (0 bytes)")
-        if st.st_size > MAX_FILE_BYTES:
-            raise DcxError(f"{st.st_size} bytes exceeds the {MAX_FILE_BYTES} byte file limit")
-        data = path.read_bytes()
+        with os.fdopen(fd, "rb") as f:
+            if st.st_size == 0:
+                _refuse(path, b"", "empty file (0 bytes)")
+            if st.st_size > MAX_FILE_BYTES:
+                raise DcxError(f"{st.st_size} bytes exceeds the {MAX_FILE_BYTES} byte file limit")
+            head = f.read(formats.HEADER_BYTES)
+            fmt = formats.sniff_bytes(head)
+            if fmt is None:
+                _refuse(path, head, "unsupported format: not JPEG, PNG, TIFF, BMP, WebP, JPEG 2000 or DICOM "
+                              "by its first bytes")
+            if fmt == "dicom":
+                return head, fmt
+            data = bytearray(st.st_size)  # one buffer, filled in place: no second copy of a large file
+            data[: len(head)] = head
+            with memoryview(data) as view, view[len(head):] as rest:
+                filled = len(head) + f.readinto(rest)
+            del data[filled:]  # the file shrank since its stat
     except PermissionError:
         raise DcxError("permission denied") from None
     except FileNotFoundError:
@@ -325,7 +373,14 @@ def _read(path: Path) -> bytes:
         raise DcxError(f"cannot read: {exc.strerror or exc}") from None
     if not data:
         raise DcxError("empty file (0 bytes)")
-    return data
+    return data, fmt
+
+
+def _refuse(path: Path, head: bytes, problem: str) -> None:
+    """An unreadable file is an error when it claims to be an image, else a skipped non-image."""
+    if claims_image(path, head):
+        raise DcxError(problem)
+    raise NotAnImage(f"not an image: a {path.suffix.lower()} file, {problem.split(':')[0]}")
 
 
 def _probe(data: bytes):
@@ -396,4 +451,4 @@ def _read_reference(path: Path) -> np.ndarray:
         return read_unit_gray(path)
     except DcxError as exc:
         prefix = f"{os.fspath(path)}: "
-        raise DcxError(exc.message[len(prefix):] if exc.message.startswith(prefix) else exc.message) from exc
+        raise DcxError(clean_text(exc.message[len(prefix):] if exc.message.startswith(prefix) else exc.message)) from exc

@@ -32,6 +32,10 @@ from fnmatch import fnmatchcase
 from typing import Iterable, Iterator, TextIO
 
 
+#: The stat fields of a :class:`Candidate` (what the state key compares besides the path).
+STAT_COLUMNS = ("size", "mtime_ns", "ctime_ns", "inode")
+
+
 @dataclass(frozen=True, slots=True)
 class Candidate:
     """One input: its path as reported in the results, and the stat the state key uses."""
@@ -41,6 +45,10 @@ class Candidate:
     mtime_ns: int = 0
     #: Why this entry cannot be scored (discovery already knows); None for a regular file.
     error: str | None = None
+    #: Change detection beyond size and mtime (``touch -r`` restores an mtime, never a ctime):
+    #: the inode change time and the inode number, see :mod:`dcx.engine.state`.
+    ctime_ns: int = 0
+    inode: int = 0
 
 
 def discover(
@@ -198,7 +206,7 @@ def _candidate(path: str, entry: os.DirEntry | None = None) -> Candidate:
         return Candidate(path, error=_os_reason("cannot read", exc))
     if not stat.S_ISREG(st.st_mode):
         return Candidate(path, 0, st.st_mtime_ns, error="not a regular file")
-    return Candidate(path, st.st_size, st.st_mtime_ns)
+    return Candidate(path, st.st_size, st.st_mtime_ns, ctime_ns=st.st_ctime_ns, inode=st.st_ino)
 
 
 def _matches(patterns: list[str], rel: str) -> bool:

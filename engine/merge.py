@@ -8,7 +8,10 @@ lost or doubled job would go unnoticed, so the merge refuses to write anything w
   shard counts or archives were mixed);
 - a shard part is missing (parts named ``*.shard-IIII-of-NNNN.*`` say how many there are),
   or two parts claim the same shard;
-- parts disagree on their columns or on the model that scored them.
+- parts disagree on their columns or on the model that scored them;
+- a part holds no rows (empty, or a header only: the job that wrote it died or never ran),
+  unless the run summary beside it says that shard owned no files at all;
+- a part cannot be read (the error names it).
 
 Rows come out sorted by path component by component, which is the order discovery walks an
 archive in, so a merged table reads like an unsharded run's. Each part is read as a stream
@@ -124,6 +127,7 @@ def merge_parts(parts: list[Path], out: str | os.PathLike, *, fmt: str | None = 
     (rows go to ``<out>.partial``, renamed onto ``out`` only when every check passed)."""
     check_shards(parts, expect_shards)
     columns = _common_columns(parts)
+    check_rows(parts)
     report = MergeReport(Path(out), parts)
     duplicates: dict[str, list[Path]] = {}
     model_ids: dict[str, Path] = {}
@@ -159,10 +163,42 @@ def merge_parts(parts: list[Path], out: str | os.PathLike, *, fmt: str | None = 
     return report
 
 
+def check_rows(parts: list[Path]) -> None:
+    """Refuse parts without a row, but for a shard whose summary says it owned no file."""
+    empty = [p for p in parts if next(_rows(p), None) is None and not _owned_no_files(p)]
+    if empty:
+        raise DcxError(f"part(s) with no rows (empty, or a header only): {_listing([str(p) for p in empty])}; "
+                       "the jobs that wrote them did not finish: rerun them, then merge again")
+
+
+def _owned_no_files(part: Path) -> bool:
+    """Whether ``<part stem>.summary.json`` beside the part reports a completed run of 0 files."""
+    try:
+        summary = json.loads(part.with_name(f"{part.stem}.summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and summary.get("completed") is True and summary.get("files") == 0
+
+
+def _rows(part: Path) -> Iterator[dict]:
+    """The rows of a part; whatever makes it unreadable is one error that names the part."""
+    try:
+        for row in read_rows(part):
+            if not isinstance(row, dict) or not isinstance(row.get("path"), str):
+                raise ValueError("a row without a path")
+            yield row
+    except ImportError as exc:
+        raise DcxError("Parquet parts need pyarrow: pip install 'dcx[parquet]'") from exc
+    except (OSError, ValueError, TypeError, AttributeError, csv.Error) as exc:  # UnicodeDecodeError, ArrowInvalid, JSON
+        detail = (str(exc).splitlines() or [""])[0][:120]
+        raise DcxError(f"{part} is not a readable {format_for(part)} result table "
+                       f"({type(exc).__name__}: {detail})") from exc
+
+
 def _ordered(part: Path) -> Iterator[tuple[Path, dict]]:
     """``(part, row)`` in path order: streamed when the part is sorted already (shard outputs
     are, being written in discovery order), otherwise sorted in memory."""
-    keys = (row_key(r) for r in read_rows(part))
+    keys = (row_key(r) for r in _rows(part))
     previous = next(keys, None)
     in_order = True
     for key in keys:
@@ -170,7 +206,7 @@ def _ordered(part: Path) -> Iterator[tuple[Path, dict]]:
             in_order = False
             break
         previous = key
-    rows = read_rows(part) if in_order else sorted(read_rows(part), key=row_key)
+    rows = _rows(part) if in_order else sorted(_rows(part), key=row_key)
     for row in rows:
         yield part, row
 
@@ -208,7 +244,7 @@ def _columns(part: Path) -> list[str] | None:
             return None
     except ImportError as exc:
         raise DcxError("Parquet parts need pyarrow: pip install 'dcx[parquet]'") from exc
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
         raise DcxError(f"{part} is not a readable {fmt} result table ({type(exc).__name__})") from exc
 
 

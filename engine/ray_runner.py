@@ -50,7 +50,7 @@ from dcx.core.files import write_json
 
 from . import scoring
 from .backends import open_backend, read_engine_card
-from .discover import Candidate
+from .discover import STAT_COLUMNS, Candidate
 from .merge import row_key
 from .results import RowSchema, format_for, open_writer, partial_path
 from .state import StateDB
@@ -101,7 +101,8 @@ def screen_on_ray(options: scoring.ScreenOptions, address: str = "local", *,
         parts = _Parts(options.out, schema.columns)
         try:
             pending = _Pending()
-            for chunk in scoring.chunks(scoring.candidates(options), state, options.batch_size, stats):
+            for chunk in scoring.chunks(scoring.candidates(options), state, options.batch_size, stats,
+                                        reusable=scoring.reusable_rows(options)):
                 settled = scoring.Chunk()  # what the driver settles itself: unreadable or reused files
                 for i, candidate in enumerate(chunk.files):
                     if i in chunk.todo:
@@ -202,8 +203,9 @@ class _ScoreFiles:
     def __call__(self, batch) -> dict[str, list]:
         files = _files_of(batch)
         rows = self._score(files)
-        return {"path": [os.fsencode(f.path) for f in files], "size": [f.size for f in files],
-                "mtime_ns": [f.mtime_ns for f in files], "row": [json.dumps(r) for r in rows],
+        return {"path": [os.fsencode(f.path) for f in files],
+                **{name: [getattr(f, name) for f in files] for name in STAT_COLUMNS},
+                "row": [json.dumps(r) for r in rows],
                 "backend": [self.backend_info] * len(files)}
 
     def _score(self, files: list[Candidate]) -> list[dict]:
@@ -233,8 +235,7 @@ class _Pending:
 
     def __init__(self):
         self.paths: list[bytes] = []  # os.fsencode'd: exact for any file name, and Arrow-safe
-        self.sizes: list[int] = []
-        self.mtimes: list[int] = []
+        self.stats: dict[str, list[int]] = {name: [] for name in STAT_COLUMNS}
         self._open: set[bytes] = set()
         self.settled = 0
 
@@ -245,8 +246,8 @@ class _Pending:
     def add(self, candidate: Candidate) -> None:
         key = os.fsencode(candidate.path)
         self.paths.append(key)
-        self.sizes.append(candidate.size)
-        self.mtimes.append(candidate.mtime_ns)
+        for name, values in self.stats.items():
+            values.append(getattr(candidate, name))
         self._open.add(key)
 
     def blocks(self, rows: int) -> list:
@@ -254,8 +255,7 @@ class _Pending:
         import pyarrow as pa
 
         return [pa.table({"path": pa.array(self.paths[i : i + rows], pa.binary()),
-                          "size": pa.array(self.sizes[i : i + rows], pa.int64()),
-                          "mtime_ns": pa.array(self.mtimes[i : i + rows], pa.int64())})
+                          **{name: pa.array(values[i : i + rows], pa.int64()) for name, values in self.stats.items()}})
                 for i in range(0, self.count, rows)]
 
     def settle(self, files: Iterable[Candidate]) -> None:
@@ -275,9 +275,10 @@ class _Pending:
 
 
 def _files_of(batch) -> list[Candidate]:
-    """The files of an Arrow batch with ``path`` (bytes), ``size`` and ``mtime_ns`` columns."""
-    return [Candidate(os.fsdecode(p), size, mtime_ns) for p, size, mtime_ns in
-            zip(batch["path"].to_pylist(), batch["size"].to_pylist(), batch["mtime_ns"].to_pylist())]
+    """The files of an Arrow batch with ``path`` (bytes) and the :data:`STAT_COLUMNS`."""
+    stats = [batch[name].to_pylist() for name in STAT_COLUMNS]
+    return [Candidate(os.fsdecode(p), **dict(zip(STAT_COLUMNS, values)))
+            for p, *values in zip(batch["path"].to_pylist(), *stats)]
 
 
 def _unpack(batch) -> tuple[list[Candidate], list[dict]]:

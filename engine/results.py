@@ -7,7 +7,8 @@ Columns, in order (``patient_*`` only with ``--include-phi``; ``p_<class>`` per 
 
 ``status`` is ``ok`` (scored), ``skipped`` (not a radiograph to score, e.g. a DICOM structured
 report or a series rule) or ``error`` (could not be scored); ``reason`` says why for the
-last two. ``flagged`` is ``p_positive >= threshold`` (the convention of dcx.core.metrics);
+last two, and on an ``ok`` row notes damage the decoder forgave (``damaged: ...``).
+``flagged`` is ``p_positive >= threshold`` (the convention of dcx.core.metrics);
 ``threshold_source`` says whose threshold that is: ``card`` (the model's) or ``site`` (a
 site file of ``dcx-calibrate``, see :mod:`dcx.core.site`).
 Scores are rounded to 6 decimals: finer than any model's meaningful precision, coarse
@@ -21,7 +22,9 @@ killed run never leaves half a file under the real name. Rows are flushed batch 
 from __future__ import annotations
 
 import abc
+import contextlib
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -128,8 +131,24 @@ class RowSchema:
 
 def display_path(path: str) -> str:
     """The path as valid text: bytes that are not UTF-8 (kept by Python as surrogates) are
-    shown as ``\\xNN`` escapes, so every writer (and Parquet's strict UTF-8) accepts it."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    shown as ``\\xNN`` escapes, so every writer (and Parquet's strict UTF-8) accepts it.
+    A backslash in a name is doubled, so the escape is unambiguous: two different names
+    never print as the same path (a real ``\\xff`` in a name reads ``\\\\xff``)."""
+    text = path.replace("\\", "\\\\")
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+#: A cell starting with one of these is a formula (or a DDE call) to Excel, LibreOffice and
+#: Google Sheets (OWASP "CSV injection"); ``'`` is escaped too, so the quoting can be undone.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def spreadsheet_safe(value):
+    """A CSV cell that a spreadsheet shows as text: ``'`` before a text starting like a formula.
+    DICOM headers are hostile input (an AccessionNumber ``=HYPERLINK(...)``)."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _iso_utc(mtime_ns: int) -> str:
@@ -170,25 +189,46 @@ class RowWriter(abc.ABC):
             self.partial.parent.mkdir(parents=True, exist_ok=True)
             self._open()
         except OSError as exc:
+            if getattr(self, "_file", None) is not None:
+                self._file.close()
             raise DcxError(f"cannot write {self.partial}: {exc.strerror or exc}") from exc
+
+    def _create(self):
+        """A new binary file at the partial path. Whatever sits there (a killed run's file, or a
+        symbolic link planted to make dcx overwrite its target) is removed first, and the file
+        is created exclusively without following links, so only a file of this run is written."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.partial)
+        fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        self._file = os.fdopen(fd, "wb")
+        return self._file
 
     def write(self, rows: Iterable[dict]) -> None:
         rows = list(rows)
         if rows:
-            self._write(rows)
+            try:
+                self._write(rows)
+            except OSError as exc:  # a full disk, a quota, a vanished mount: one line, no traceback
+                raise DcxError(f"cannot write {self.partial}: {exc.strerror or exc}") from exc
             self.rows_written += len(rows)
 
     def commit(self) -> Path:
         """Finish the file and move it onto the real output name (atomic on one file system)."""
-        self.close()
-        os.replace(self.partial, self.path)
+        try:
+            self.close()
+            os.replace(self.partial, self.path)
+        except OSError as exc:
+            raise DcxError(f"cannot finish {self.path}: {exc.strerror or exc}") from exc
         return self.path
 
     def close(self) -> None:
         """Finish the partial file without publishing it (an interrupted run keeps it for reading)."""
         if not getattr(self, "_closed", False):
             self._closed = True
-            self._close()
+            try:
+                self._close()
+            except OSError as exc:
+                raise DcxError(f"cannot write {self.partial}: {exc.strerror or exc}") from exc
 
     def __enter__(self):
         return self
@@ -207,30 +247,32 @@ class RowWriter(abc.ABC):
 
 
 class CsvWriter(RowWriter):
+    """Text cells are spreadsheet-safe (see :func:`spreadsheet_safe`); :func:`read_rows` undoes it."""
+
     def _open(self):
-        self._file = open(self.partial, "w", newline="", encoding="utf-8")
-        self._csv = csv.DictWriter(self._file, fieldnames=self.columns)
+        self._text = io.TextIOWrapper(self._create(), encoding="utf-8", newline="")
+        self._csv = csv.DictWriter(self._text, fieldnames=self.columns)
         self._csv.writeheader()
-        self._file.flush()
+        self._text.flush()
 
     def _write(self, rows):
-        self._csv.writerows(rows)
-        self._file.flush()
+        self._csv.writerows({k: spreadsheet_safe(v) for k, v in r.items()} for r in rows)
+        self._text.flush()
 
     def _close(self):
-        self._file.close()
+        self._text.close()
 
 
 class JsonlWriter(RowWriter):
     def _open(self):
-        self._file = open(self.partial, "w", encoding="utf-8")
+        self._text = io.TextIOWrapper(self._create(), encoding="utf-8")
 
     def _write(self, rows):
-        self._file.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        self._file.flush()
+        self._text.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        self._text.flush()
 
     def _close(self):
-        self._file.close()
+        self._text.close()
 
 
 class ParquetWriter(RowWriter):
@@ -244,7 +286,7 @@ class ParquetWriter(RowWriter):
         arrow = {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}
         self._schema = pa.schema([(c, arrow[column_type(c)]) for c in self.columns])
         self._pa = pa
-        self._writer = pq.ParquetWriter(self.partial, self._schema)
+        self._writer = pq.ParquetWriter(self._create(), self._schema)
         self._buffer: list[dict] = []
 
     def _write(self, rows):
@@ -258,8 +300,11 @@ class ParquetWriter(RowWriter):
             self._buffer = []
 
     def _close(self):
-        self._flush()
-        self._writer.close()
+        try:
+            self._flush()
+            self._writer.close()
+        finally:
+            self._file.close()
 
 
 _WRITERS = {"csv": CsvWriter, "jsonl": JsonlWriter, "parquet": ParquetWriter}
@@ -292,6 +337,8 @@ def _parse_cell(column: str, value: str):
     if value == "":
         return None
     kind = column_type(column)
+    if kind is str and value.startswith("'"):  # undo spreadsheet_safe
+        return value[1:]
     if kind is bool:
         return value == "True"
     return kind(value)

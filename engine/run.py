@@ -23,16 +23,18 @@ import contextlib
 import queue
 import threading
 import time
+from pathlib import Path
 from typing import Iterator
 
+from dcx.core.errors import DcxError
 from dcx.core.files import write_json
 from dcx.core.progress import Progress
 
 from .backends import open_backend
 from .results import RowSchema, open_writer
 from .sr import Reporter, file_header
-from .scoring import (Chunk, ScreenOptions, Stats, candidates, chunks, count_rows, open_decoder, run_summary,
-                      score_chunk, state_profile)
+from .scoring import (Chunk, ScreenOptions, Stats, candidates, chunks, count_rows, open_decoder, reusable_rows,
+                      run_summary, score_chunk, state_profile)
 from .state import StateDB
 
 #: Decoded chunks waiting for inference (bounds memory: PREFETCH x batch of images).
@@ -62,7 +64,8 @@ def screen(options: ScreenOptions) -> dict:
                 last_run = options.dicomweb.last_run(state)
         writer = stack.enter_context(open_writer(options.out, schema.columns, options.fmt))
         producer = stack.enter_context(_Producer(
-            chunks(candidates(options, last_run=last_run), state, options.batch_size, stats),
+            chunks(candidates(options, last_run=last_run), state, options.batch_size, stats,
+                   reusable=reusable_rows(options)),
             lambda: open_decoder(card, backend, options), stats,
             decode=options.dicomweb.decode if options.dicomweb is not None else None))
         progress = _Progress(options, stats) if options.progress else None
@@ -87,8 +90,15 @@ def screen(options: ScreenOptions) -> dict:
                 progress.close()
             summary = run_summary(options, backend, card, stats, completed)
             if options.summary:
-                write_json(options.summary, summary)
+                write_summary(options.summary, summary)
     return summary
+
+
+def write_summary(path: Path, summary: dict) -> None:
+    try:
+        write_json(path, summary)
+    except OSError as exc:
+        raise DcxError(f"cannot write the run summary {path}: {exc.strerror or exc}") from exc
 
 
 def open_reporter(card, options: ScreenOptions) -> Reporter | None:

@@ -19,10 +19,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from dcx.core.artefact import sha256_file
 from dcx.core.card import dcx_version
 from dcx.core.devices import device_of
 from dcx.core.dicom import SeriesRules
 from dcx.core.drift import BINS, add_score
+from dcx.core.errors import DcxError
 from dcx.core.site import SiteThreshold
 
 from .decode import Decoder
@@ -36,6 +38,9 @@ from .state import StateDB, state_key
 #: A chunk also closes after this many files, so long runs of already-done files keep the
 #: output and progress moving without holding many rows in memory.
 MAX_CHUNK_FILES = 1024
+#: ... and once the files it will read add up to this many bytes (a file is read whole to be
+#: decoded), so a batch of large DICOM files cannot hold batch size x file size in memory.
+MAX_CHUNK_BYTES = 64 << 20
 STAGES = ("discover", "state", "read", "decode", "preprocess", "infer", "write")
 
 
@@ -79,6 +84,7 @@ class Chunk:
     reused: dict[int, dict] = field(default_factory=dict)
     todo: list[int] = field(default_factory=list)
     decoded: object = None  # DecodedBatch of the todo files
+    todo_bytes: int = 0  # what decoding the todo files reads
 
     def add(self, candidate: Candidate, reused_row: dict | None) -> None:
         index = len(self.files)
@@ -87,6 +93,7 @@ class Chunk:
             self.reused[index] = reused_row
         elif candidate.error is None:
             self.todo.append(index)
+            self.todo_bytes += candidate.size
 
 
 class Stats:
@@ -135,9 +142,22 @@ class Stats:
 
 
 def state_profile(model_id: str, options: ScreenOptions) -> str:
-    """The state key's model part: the model id plus the options that change a row's content,
-    so switching --include-phi or series rules never reuses rows made without them."""
-    return model_id + (":phi" if options.include_phi else "") + (":series-rules" if options.series_rules else "")
+    """The state key's model part: the model id, the model file's content (a re-export at
+    another precision, or a retrained file copied over the old one, keeps the model id of its
+    card but scores differently) and the options that change a row's content, so switching
+    --include-phi or series rules never reuses rows made without them."""
+    profile = f"{model_id}:{sha256_file(options.engine)[:16]}"
+    return profile + (":phi" if options.include_phi else "") + (":series-rules" if options.series_rules else "")
+
+
+def reusable_rows(options: ScreenOptions):
+    """Which stored rows a run may reuse: all, except, with --heatmaps, a flagged row whose
+    heatmap is not in the folder (added --heatmaps to a nightly job, or a cleaned folder):
+    that file is scored again to draw it."""
+    if options.heatmaps is None:
+        return None
+    folder = Path(options.heatmaps)
+    return lambda path, row: not row.get("flagged") or (folder / heatmap_name(path)).is_file()
 
 
 def candidates(options: ScreenOptions, stat_files: bool = True, last_run=None) -> Iterator[Candidate]:
@@ -146,7 +166,7 @@ def candidates(options: ScreenOptions, stat_files: bool = True, last_run=None) -
     if options.dicomweb is not None:
         return options.dicomweb.candidates(options.shard, last_run)
     skip = [p for p in (options.out, options.state, options.heatmaps, options.summary) if p]
-    skip += [Path(f"{p}{suffix}") for p in skip for suffix in (".partial", "-wal", "-shm", "-journal")]
+    skip += [Path(f"{p}{suffix}") for p in skip for suffix in (".partial", ".lock", "-wal", "-shm", "-journal")]
     found = discover(options.root, include=options.include, exclude=options.exclude,
                      files_from=options.files_from, skip_paths=skip, stat_files=stat_files)
     if options.shard is not None:
@@ -155,8 +175,9 @@ def candidates(options: ScreenOptions, stat_files: bool = True, last_run=None) -
 
 
 def chunks(candidates: Iterable[Candidate], state: StateDB | None, batch_size: int,
-            stats: Stats) -> Iterator[Chunk]:
-    """Cut the stream into chunks of at most ``batch_size`` files to score, in discovery order."""
+           stats: Stats, *, reusable=None, max_bytes: int = MAX_CHUNK_BYTES) -> Iterator[Chunk]:
+    """Cut the stream into chunks of at most ``batch_size`` files (and about ``max_bytes``) to
+    score, in discovery order. ``reusable(path, row)``: whether a stored row may be reused."""
     chunk = Chunk()
     stream = iter(candidates)
     while True:
@@ -167,8 +188,14 @@ def chunks(candidates: Iterable[Candidate], state: StateDB | None, batch_size: i
             break
         t0 = time.perf_counter()
         done = state.lookup(c for c in window if c.error is None) if state is not None else {}
+        if reusable is not None:
+            done = {path: row for path, row in done.items() if reusable(path, row)}
         stats.add_time("state", time.perf_counter() - t0)
         for candidate in window:
+            if chunk.todo and done.get(candidate.path) is None and candidate.error is None \
+                    and chunk.todo_bytes + candidate.size > max_bytes:
+                yield chunk
+                chunk = Chunk()
             chunk.add(candidate, done.get(candidate.path))
             if len(chunk.todo) >= batch_size or len(chunk.files) >= MAX_CHUNK_FILES:
                 yield chunk
@@ -215,7 +242,7 @@ def score_chunk(chunk: Chunk, backend, schema: RowSchema, options: ScreenOptions
             rows[file_index] = schema.row(c.path, c.size, c.mtime_ns, status="error",
                                           reason="decoder returned no image", **common)
         else:
-            row = schema.row(c.path, c.size, c.mtime_ns, status="ok", probs=probs[k], **common)
+            row = schema.row(c.path, c.size, c.mtime_ns, status="ok", reason=outcome.note, probs=probs[k], **common)
             if row["flagged"] and options.heatmaps:
                 row["heatmap"] = _save_heatmap(batch.images[k], cams[k], c.path, options.heatmaps)
             rows[file_index] = row
@@ -237,11 +264,18 @@ def _reused_row(schema: RowSchema, stored: dict, c: Candidate) -> dict:
     return schema.apply_threshold(row)
 
 
-def _save_heatmap(image, cam, path: str, folder: Path) -> str:
+def heatmap_name(path: str) -> str:
     """The PNG is named after a hash of the file's absolute path: file names often carry
     patient names, and heatmap folders get shared."""
-    name = hashlib.sha256(state_key(path)).hexdigest()[:24] + ".png"
-    return str(save_heatmap(image, cam, Path(folder) / name))
+    return hashlib.sha256(state_key(path)).hexdigest()[:24] + ".png"
+
+
+def _save_heatmap(image, cam, path: str, folder: Path) -> str:
+    target = Path(folder) / heatmap_name(path)
+    try:
+        return str(save_heatmap(image, cam, target))
+    except OSError as exc:  # a full disk or a folder made read-only mid-run
+        raise DcxError(f"cannot write heatmap {target}: {exc.strerror or exc}") from exc
 
 
 def count_rows(rows: list[dict], chunk: Chunk, stats: Stats) -> None:

@@ -1,9 +1,17 @@
 """The state database: what a nightly run has already scored, so the next run skips it.
 
-SQLite, one row per (file, model): the file's absolute path, size and mtime (nanoseconds),
-the model id, the row's status and the finished result row as JSON. A file counts as done
-for a model when path, size and mtime all match; a changed file is scored again and its
-entry replaced. WAL mode; the run commits once per batch, before the rows reach the output
+SQLite, one row per (file, model): the file's absolute path, size, mtime and ctime
+(nanoseconds) and inode number, the model profile (model id and the model file's hash), the
+row's status and the finished result row as JSON. A file counts as done for a model when all
+of these match; a changed file is scored again and its entry replaced.
+
+Why ctime and inode, not a content digest: a rewrite that keeps size and mtime (``touch -r``,
+``cp -p``, a tool restoring timestamps) cannot set the ctime back -- the kernel stamps it on
+every write, ``utime`` and rename, and only a change of the system clock forges it -- and a
+file replaced by another (``mv new old``) has another inode. Both come free with the ``stat``
+discovery already makes, so an unchanged file is still never opened; a digest would read
+every file of the archive every night and still miss changes outside the bytes it samples.
+The cost is a rescore when only metadata changed (chmod, chown, a restore from backup). WAL mode; the run commits once per batch, before the rows reach the output
 file, so Ctrl-C, a crash or SIGKILL lose at most the batch in flight.
 
 How the output stays exact (each file once) after a kill: the database, not the output file,
@@ -26,7 +34,7 @@ from typing import Iterable
 
 from dcx.core.errors import DcxError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -37,8 +45,17 @@ CREATE TABLE IF NOT EXISTS results (
     mtime_ns INTEGER NOT NULL,
     status   TEXT NOT NULL,
     row      TEXT NOT NULL,     -- the result row as JSON, without its path
+    ctime_ns INTEGER,           -- schema 2; NULL in rows kept from schema 1 (never match)
+    inode    INTEGER,
     PRIMARY KEY (path, model_id)
 ) WITHOUT ROWID;
+"""
+
+#: Schema 1 lacked ctime and inode: its rows stay, never match, and are replaced as rescored.
+_MIGRATE_FROM_1 = """
+ALTER TABLE results ADD COLUMN ctime_ns INTEGER;
+ALTER TABLE results ADD COLUMN inode INTEGER;
+UPDATE meta SET value = '2' WHERE key = 'schema_version';
 """
 
 #: SQLite's default limit on host parameters per statement is 32766; stay well below.
@@ -80,13 +97,15 @@ class StateDB:
         found = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if found is None:
             self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif found[0] == "1":
+            self._db.executescript(_MIGRATE_FROM_1)
         elif found[0] != str(SCHEMA_VERSION):
             raise DcxError(f"{self.path} has state schema {found[0]}, this dcx writes {SCHEMA_VERSION}; "
                            "pass another --state path")
 
     def lookup(self, files: Iterable) -> dict[str, dict]:
-        """Finished rows of the given files (objects with ``path``, ``size``, ``mtime_ns``)
-        whose size and mtime still match, by path; the rows lack ``path`` (the caller sets it)."""
+        """Finished rows of the given files (:class:`~dcx.engine.discover.Candidate`) whose
+        size, mtime, ctime and inode still match, by path; the rows lack ``path`` (the caller sets it)."""
         wanted = {state_key(f.path): f for f in files}
         found: dict[str, dict] = {}
         keys = list(wanted)
@@ -94,29 +113,32 @@ class StateDB:
             for i in range(0, len(keys), _LOOKUP_CHUNK):
                 part = keys[i : i + _LOOKUP_CHUNK]
                 marks = ",".join("?" * len(part))
-                query = (f"SELECT path, size, mtime_ns, row FROM results "
+                query = (f"SELECT path, size, mtime_ns, ctime_ns, inode, row FROM results "
                          f"WHERE model_id = ? AND path IN ({marks})")
-                for key, size, mtime_ns, row in self._db.execute(query, (self.model_id, *part)):
+                for key, *stat, row in self._db.execute(query, (self.model_id, *part)):
                     f = wanted[key]
-                    if f.size == size and f.mtime_ns == mtime_ns:
+                    if stat == [f.size, f.mtime_ns, f.ctime_ns, f.inode]:
                         found[f.path] = json.loads(row)
         return found
 
     def record(self, finished: Iterable[tuple]) -> int:
         """Store ``(file, row)`` pairs in one transaction (committed on return); returns the count."""
         values = [(state_key(f.path), self.model_id, f.size, f.mtime_ns, row["status"],
-                   json.dumps({k: v for k, v in row.items() if k != "path"}))
+                   json.dumps({k: v for k, v in row.items() if k != "path"}), f.ctime_ns, f.inode)
                   for f, row in finished]
         if not values:
             return 0
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)", values)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:  # a full disk, a quota, a lost mount: one line, no traceback
+                raise DcxError(f"cannot write the state database {self.path}: {exc}") from exc
         return len(values)
 
     def get_meta(self, key: str) -> str | None:

@@ -88,7 +88,7 @@ def _read_manifest(manifest: Path) -> list[Sample]:
         if split is not None and split not in SPLITS:
             raise DcxError(f"{manifest} line {line}: split {split!r} is not one of {', '.join(SPLITS)}")
         if not path.is_file():
-            missing.append(row[path_column])
+            missing.append(row[path_column] + (" (not a regular file)" if path.exists() else ""))
         samples.append(Sample(path, row["label"], split, row.get("patient_id") or None))
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -222,9 +222,17 @@ def data_fingerprint(samples: list[Sample]) -> str:
     wherever the archive is mounted."""
     root = os.path.commonpath([str(s.path.parent) for s in samples])
     h = hashlib.sha256()
-    for rel, size, label in sorted((os.path.relpath(s.path, root), s.path.stat().st_size, s.label) for s in samples):
+    for rel, size, label in sorted((os.path.relpath(s.path, root), _size(s.path), s.label) for s in samples):
         h.update(f"{rel}\t{size}\t{label}\n".encode())
     return "sha256:" + h.hexdigest()
+
+
+def _size(path: Path) -> int:
+    """-1 for a file that cannot be stat'ed (a broken symbolic link): training skips it later."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
 
 
 def inverse_frequency_weights(counts: dict[str, int]) -> dict[str, float]:

@@ -62,6 +62,10 @@ class OnnxRuntimeBackend(Backend):
                            f"found {[i.name for i in inputs]} -> {outputs}")
         if inputs[0].type not in _TENSOR_TYPES:
             raise DcxError(f"{path}: unsupported input type {inputs[0].type}")
+        expected, fixed = (1, self.card.input_size, self.card.input_size), inputs[0].shape[1:]
+        if len(fixed) != 3 or any(isinstance(d, int) and d != e for d, e in zip(fixed, expected)):
+            raise DcxError(f"{path}: the graph takes {inputs[0].shape[1:]} images, its model card says "
+                           f"{list(expected)}: the card does not belong to this model")
         self._np_dtype, self._torch_dtype = _TENSOR_TYPES[inputs[0].type]
 
     def _infer(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

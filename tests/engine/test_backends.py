@@ -206,11 +206,11 @@ def test_corrupt_onnx(tmp_path):
 
 
 def test_corrupt_onnx_beside_a_valid_sidecar(tmp_path, model_files):
-    """The card reads fine from the sidecar; ONNX Runtime must still fail cleanly."""
+    """The sidecar's recorded sha256 no longer matches: refused before ONNX Runtime sees it."""
     bad = tmp_path / "model.onnx"
     bad.write_bytes(model_files[2]["onnx"].read_bytes()[:5000])  # truncated
     shutil.copy(sidecar_path(model_files[2]["onnx"]), sidecar_path(bad))
-    assert "ONNX Runtime cannot load" in _one_line_error(bad, device="cpu")
+    assert "is not the file its sidecar model.onnx.json describes" in _one_line_error(bad, device="cpu")
 
 
 def test_foreign_checkpoint(tmp_path):

@@ -276,18 +276,17 @@ def test_every_bad_file_gets_an_error_with_its_reason(tmp_path, rasters, monkeyp
     locked.write_bytes(good.read_bytes())
     locked.chmod(0)
     if os.access(locked, os.R_OK):  # root reads anything: make the OS refuse as it would
-        real = Path.read_bytes
+        real = os.open
 
-        def read_bytes(self):
-            if self.name == "locked.png":
+        def refusing_open(path, *args, **kwargs):
+            if os.fspath(path).endswith("locked.png"):
                 raise PermissionError(13, "Permission denied")
-            return real(self)
-        monkeypatch.setattr(Path, "read_bytes", read_bytes)
+            return real(path, *args, **kwargs)
+        monkeypatch.setattr(os, "open", refusing_open)
     expected = {
         "empty.png": "empty file",
         "truncated.png": "truncated",
         "garbage.png": "unsupported format",
-        "notes.txt": "unsupported format",
         "anim.gif": "unsupported format",
         "huge.png": f"100000x100000 exceeds the {MAX_PIXELS} pixel limit",
         "huge.jpg": f"65000x65000 exceeds the {MAX_PIXELS} pixel limit",
@@ -296,7 +295,7 @@ def test_every_bad_file_gets_an_error_with_its_reason(tmp_path, rasters, monkeyp
         "locked.png": "permission denied",
         "missing.png": "file not found",
     }
-    paths = [tmp_path / n for n in expected] + [tmp_path / "named.jpg", good]
+    paths = [tmp_path / n for n in expected] + [tmp_path / "notes.txt", tmp_path / "named.jpg", good]
     with Decoder(Preprocess(SIZE), batch_size=4) as dec:
         batch = dec.decode(paths)
     for path, outcome in zip(paths, batch.outcomes):
@@ -304,6 +303,7 @@ def test_every_bad_file_gets_an_error_with_its_reason(tmp_path, rasters, monkeyp
             assert outcome.status == "error", path.name
             assert expected[path.name] in outcome.reason, (path.name, outcome.reason)
             assert str(tmp_path) not in outcome.reason  # the row has the path already
+    assert batch.outcomes[-3].status == "skipped" and batch.outcomes[-3].reason.startswith("not an image")
     assert [o.status for o in batch.outcomes[-2:]] == ["ok", "ok"]
     assert batch.outcomes[-2].format == "png"
     assert batch.rows_of_images == [len(paths) - 2, len(paths) - 1]

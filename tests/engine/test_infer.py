@@ -27,8 +27,9 @@ BROKEN = {
     "broken/text.png": b"this is not a PNG, only its name says so\n",
     "broken/garbage.dcm": bytes(range(256)) * 4,
     "broken/fake-preamble.dcm": b"\0" * 128 + b"DICM" + b"\xff" * 300,
-    "broken/notes.txt": b"radiology notes\n",
 }
+#: Not images at all, and not named like one: skipped, so real folders do not end in errors.
+NOT_IMAGES = {"broken/notes.txt": b"radiology notes\n"}
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -54,7 +55,7 @@ def archive(synth_archive, tmp_path_factory) -> Path:
     no_ext = root / "dicomless" / "renamed"  # a PNG with neither extension nor the right name
     no_ext.parent.mkdir(parents=True)
     shutil.copy(phantoms[0], no_ext)
-    for name, data in BROKEN.items():
+    for name, data in {**BROKEN, **NOT_IMAGES}.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
     (root / "broken/truncated.png").write_bytes(phantoms[1].read_bytes()[:200])
@@ -93,6 +94,8 @@ def test_one_row_per_file_broken_ones_with_reasons(trained_checkpoint, archive, 
         if row["path"] in broken:
             assert row["status"] == "error" and row["reason"], row
             assert row["p_positive"] is None and row["flagged"] is None
+        elif Path(row["path"]).relative_to(archive).as_posix() in NOT_IMAGES:
+            assert row["status"] == "skipped" and row["reason"].startswith("not an image"), row
         else:
             assert row["status"] == "ok", row
             probs = [v for k, v in row.items() if k.startswith("p_") and k != "p_positive"]
@@ -100,7 +103,8 @@ def test_one_row_per_file_broken_ones_with_reasons(trained_checkpoint, archive, 
     reasons = {Path(r["path"]).name: r["reason"] for r in rows if r["status"] == "error"}
     assert "empty" in reasons["empty.png"] and "unsupported format" in reasons["text.png"]
     assert "100000x100000" in reasons["giant.png"]  # refused from its header, nothing allocated
-    assert summary["counts"] == {"ok": len(rows) - len(broken), "skipped": 0, "error": len(broken)}
+    assert summary["counts"] == {"ok": len(rows) - len(broken) - len(NOT_IMAGES), "skipped": len(NOT_IMAGES),
+                                 "error": len(broken)}
     assert summary["completed"] and summary["decoded_this_run"] == len(rows)
     assert set(summary["stage_s"]) == {"discover", "state", "read", "decode", "preprocess", "infer", "write"}
     assert summary["stage_s"]["decode"] > 0 and summary["setup_s"] > 0
@@ -232,7 +236,7 @@ def test_default_output_is_named_after_the_archive(trained_checkpoint, archive, 
     monkeypatch.chdir(tmp_path)
     invoke(main, ["--engine", trained_checkpoint, archive, "--format", "jsonl"], expect_exit=3)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "archive.dcx.jsonl", "archive.dcx.state.sqlite", "archive.dcx.summary.json"]
+        "archive.dcx.jsonl", "archive.dcx.jsonl.lock", "archive.dcx.state.sqlite", "archive.dcx.summary.json"]
 
 
 def test_usage_errors(trained_checkpoint, archive, tmp_path):

@@ -153,3 +153,48 @@ def test_cli_merges_refuses_to_overwrite_and_exits_non_zero_on_a_gap(tmp_path):
     gap = invoke(main, [parts[0], parts[2], "--out", tmp_path / "gap.csv"], expect_exit=1)
     assert "missing shard part(s) 1/3" in gap.output and "Traceback" not in gap.output
     assert not (tmp_path / "gap.csv").exists()
+
+
+@pytest.mark.parametrize("content", ["", "header"])
+def test_empty_or_header_only_part_is_refused_by_name(tmp_path, content):
+    parts = sharded(tmp_path, 3)
+    victim = parts[1]
+    header = victim.read_text().splitlines()[0] + "\n"
+    victim.write_text(header if content == "header" else "")
+    with pytest.raises(DcxError, match=f"no rows.*{victim.name}|{victim.name}.*no rows"):
+        merge_parts(parts, tmp_path / "merged.csv")
+    assert not (tmp_path / "merged.csv").exists()
+
+
+def test_rowless_part_of_a_shard_that_owned_no_files_is_accepted(tmp_path):
+    import json
+
+    parts = sharded(tmp_path, 3)
+    victim = parts[2]
+    victim.write_text(victim.read_text().splitlines()[0] + "\n")
+    summary = victim.with_name(f"{victim.stem}.summary.json")
+    summary.write_text(json.dumps({"completed": False, "files": 0}))
+    with pytest.raises(DcxError, match="no rows"):  # an unfinished job is no proof
+        merge_parts(parts, tmp_path / "merged.csv")
+    summary.write_text(json.dumps({"completed": True, "files": 0}))
+    report = merge_parts(parts, tmp_path / "merged.csv")
+    assert report.rows == sum(1 for p in parts for _ in read_rows(p))
+
+
+@pytest.mark.parametrize("damage", [b"\xff\xfe\x00garbage\n", b'"unterminated\n' * 3, b"\x00" * 64])
+def test_corrupt_part_is_one_error_naming_the_part(tmp_path, damage):
+    parts = sharded(tmp_path, 2)
+    with open(parts[0], "ab") as f:
+        f.write(damage)
+    result = invoke(main, [*parts, "--out", tmp_path / "merged.csv"], expect_exit=None)
+    assert result.exit_code != 0 and parts[0].name in result.output
+    assert "Traceback" not in result.output
+
+
+def test_corrupt_parquet_and_jsonl_parts_name_the_part(tmp_path):
+    parts = sharded(tmp_path, 2, suffixes=("parquet", "jsonl"))
+    for part in parts:
+        part.write_bytes(part.read_bytes()[: len(part.read_bytes()) // 2] + b"{]")
+        with pytest.raises(DcxError, match=part.name):
+            merge_parts(parts, tmp_path / "merged.csv")
+        break

@@ -266,3 +266,78 @@ def test_augmentation_depends_on_seed_epoch_and_index_not_on_loader_workers(tmp_
     assert all(torch.equal(a, b) for a, b in zip(in_process, epoch_batches(2, epoch=1), strict=True))
     assert all(torch.equal(a, b) for a, b in zip(in_process[1:], epoch_batches(0, epoch=1, skip=2), strict=True))
     assert not torch.equal(torch.cat(in_process), torch.cat(epoch_batches(0, epoch=2)))
+
+
+# --------------------------------------------------------------------------- non-regular files
+
+HANG_GUARD = 120  # seconds: before the fix, these calls waited forever on the FIFO
+
+
+def _finishes(fn):
+    """fn() in a daemon thread: its result, or a test failure instead of a hung suite."""
+    import threading
+
+    box = {}
+
+    def target():
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # handed to the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(HANG_GUARD)
+    assert not thread.is_alive(), f"still blocked after {HANG_GUARD} s"
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def test_fifo_and_broken_link_in_class_folders_are_reported_and_skipped(tmp_path):
+    import os
+
+    root = class_folders(tmp_path / "data", {"covid": 3, "normal": 3})
+    os.mkfifo(root / "covid" / "pipe.png")
+    (root / "normal" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    samples = read_samples(root)
+    assert data_fingerprint(samples).startswith("sha256:")
+    dataset = ImageDataset(samples, ["covid", "normal"], EvalPreset(size=32))
+    items = _finishes(lambda: [dataset[i] for i in range(len(dataset))])
+    reasons = sorted(item.reason for item in items if isinstance(item, Unreadable))
+    assert len(reasons) == 2
+    assert reasons[0].endswith("pipe.png: not a regular file")
+    assert reasons[1].endswith("dangling.png: broken symbolic link")
+
+
+def test_manifest_naming_a_fifo_is_an_error_that_says_so(tmp_path):
+    import os
+
+    root = class_folders(tmp_path / "data", {"covid": 2, "normal": 2})
+    os.mkfifo(root / "pipe.png")
+    (root / "m.csv").write_text("path,label\ncovid/covid-00.png,covid\npipe.png,normal\n")
+    with pytest.raises(DcxError, match=r"pipe.png \(not a regular file\)"):
+        read_samples(root / "m.csv")
+
+
+def test_reference_reader_refuses_a_fifo_at_once(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(DcxError, match="not a regular file"):
+        _finishes(lambda: read_unit_gray(tmp_path / "pipe.png"))
+
+
+def test_dcx_eval_with_a_fifo_in_its_data_finishes(trained_checkpoint, tmp_path):
+    import os
+
+    from click.testing import CliRunner
+
+    from dcx.train.eval_cli import main
+
+    root = class_folders(tmp_path / "data", {"covid": 3, "normal": 3, "pneumonia": 3})
+    os.mkfifo(root / "covid" / "pipe.png")
+    args = [str(trained_checkpoint), "--data", str(root), "--out", str(tmp_path / "eval"), "--workers", "0"]
+    result = _finishes(lambda: CliRunner().invoke(main, args))
+    assert result.exit_code == 0, result.output
+    assert "pipe.png" in result.output
