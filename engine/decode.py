@@ -46,10 +46,10 @@ from dcx.core import dicom, formats
 from dcx.core.errors import DcxError
 from dcx.core.preprocess import MAX_PIXELS, Preprocess
 from dcx.core.reader import read_unit_gray
+from dcx.core.reasons import clean_text, exception_reason
 
 from . import codec_rules, integrity
 from .dali_pipeline import CLOCK_STAGES, KINDS, BatchFailed, Sample, LetterboxPipeline
-from .reasons import clean_text, exception_reason
 from .stage_clock import StageClock
 
 # nvImageCodec's header parser and OpenCV's JPEG 2000 reader (both inside DALI) log every odd

@@ -84,7 +84,7 @@ def test_formula_cells_in_jsonl_are_left_as_they_are(trained_checkpoint, corpus,
 
 
 def test_foreign_exception_texts_keep_their_cause_and_lose_paths_and_values():
-    from dcx.engine.reasons import exception_reason
+    from dcx.core.reasons import exception_reason
 
     plugins = RuntimeError("Unable to decode the pixel data as none of the available plugins succeeded:\n"
                            "  pylibjpeg: libjpeg error code -1038 returned from Decode()\n"
