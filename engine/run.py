@@ -90,15 +90,18 @@ def screen(options: ScreenOptions) -> dict:
                 progress.close()
             summary = run_summary(options, backend, card, stats, completed)
             if options.summary:
-                write_summary(options.summary, summary)
+                write_summary(options.summary, summary, run_failed=not completed)
     return summary
 
 
-def write_summary(path: Path, summary: dict) -> None:
+def write_summary(path: Path, summary: dict, *, run_failed: bool = False) -> None:
+    """The summary, or one error sentence; after a failed run (a full disk, Ctrl-C) a summary
+    that cannot be written either stays unwritten, so the run's own error is the one reported."""
     try:
         write_json(path, summary)
     except OSError as exc:
-        raise DcxError(f"cannot write the run summary {path}: {exc.strerror or exc}") from exc
+        if not run_failed:
+            raise DcxError(f"cannot write the run summary {path}: {exc.strerror or exc}") from exc
 
 
 def open_reporter(card, options: ScreenOptions) -> Reporter | None:

@@ -74,7 +74,7 @@ def test_long_commands_log_progress_when_stderr_is_a_file(command, monkeypatch, 
         prefix = "dcx-train epoch 1/1: "
     lines = [line for line in result.output.splitlines() if line.startswith(prefix)]
     assert len(lines) >= 2, result.output
-    assert "/s" in lines[-1] and "\r" not in result.output
+    assert f"{prefix.split(': ')[0]}: " in lines[-1] and "/" in lines[-1] and "\r" not in result.output
 
 
 def test_slow_rates_are_per_minute():

@@ -351,7 +351,8 @@ def test_reports_of_a_folder_archive_come_from_the_file_headers(model, tmp_path)
     files = synthetic_dicoms(folder, 2, size=64, seed=9)
     (folder / "notes.txt").write_text("not an image")
     invoke(main, ["--engine", model, folder, "--device", "cpu", "--out", tmp_path / "r.csv",
-                  "--sr-dir", tmp_path / "sr"], expect_exit=3)  # the text file is an error row
+                  "--sr-dir", tmp_path / "sr"])  # the text file is a skipped row: no report
+    assert rows_by_status(tmp_path / "r.csv") == {"ok": 2, "skipped": 1}
     rows = {Path(r["path"]).name: r for r in read_rows(tmp_path / "r.csv")}
     assert rows["notes.txt"]["sr_status"] is None
     reports = [pydicom.dcmread(p) for p in (tmp_path / "sr").glob("*.dcm")]
@@ -367,6 +368,13 @@ def test_reports_of_a_folder_archive_come_from_the_file_headers(model, tmp_path)
         for path in (tmp_path / "sr").glob("*.dcm"):
             source = source_of[_content(pydicom.dcmread(path), "Source").ReferencedSOPSequence[0].ReferencedSOPInstanceUID]
             assert _iod_errors(path) <= _iod_errors(source), _iod_errors(path)
+
+
+def rows_by_status(results: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in read_rows(results):
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return counts
 
 
 def _iod_errors(path: Path) -> set[str]:
