@@ -35,14 +35,16 @@ def test_exports_at_every_precision_pass_parity_and_screen_like_pytorch(seed_run
     for precision in ("fp32", "fp16", "int8"):
         artefact = tmp_path / f"{arch}-{precision}.onnx"
         args = [checkpoint, "--precision", precision, "--out", artefact]
+        if precision != "fp32":  # the decision gates are not what this test is about (see below)
+            args.append("--accept-accuracy-loss")
         invoke(export, args + (["--calib", synth_archive, "--calib-samples", 32] if precision == "int8" else []))
         verification = json.loads(sidecar_path(artefact).read_text())["verification"]["onnxruntime"]
         # The probability parity is the model-independent part of the check; the decision gate
         # (within 1 point of PyTorch's sensitivity/specificity) is judged on this model's
         # validation split, where a 2-epoch 32 px model sits right on its threshold.
-        assert verification["parity"]["max_abs_dprob"] <= tolerance[precision], verification["parity"]
+        assert verification["parity"]["max_abs_delta_p"] <= tolerance[precision], verification["parity"]
         if precision != "fp32":
-            assert 0 <= verification["accuracy"]["decision_agreement"] <= 1
+            assert 0 <= verification["accuracy"]["agreement"]["flag_agreement"] <= 1
         rows = _screen(artefact, synth_archive, tmp_path / f"{precision}.csv")
         assert rows.keys() == reference.keys()
         got = np.array([float(rows[p]["p_positive"]) for p in reference])
