@@ -48,6 +48,9 @@ CALIBRATION_METHOD = "percentile"
 #: Who runs the INT8 graph: ONNX Runtime on a CPU, or TensorRT.
 TARGETS = ("cpu", "tensorrt")
 
+#: Layers that can be left in float: the first convolution (sees raw pixels) and the classifier head.
+FLOAT_LAYERS = ("first_conv", "head")
+
 #: Ops whose *inputs* get Q/DQ; outputs are never quantized, so probabilities and CAM stay float.
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool", "GlobalAveragePool",
                  "BatchNormalization"]
@@ -86,9 +89,23 @@ def to_fp16(fp32_model):
         return float16.convert_float_to_float16(fp32_model, keep_io_types=True)
 
 
+def float_nodes(model, layers: Iterable[str]) -> list[str]:
+    """Names of the graph nodes that make up ``layers`` (see :data:`FLOAT_LAYERS`)."""
+    nodes, names = list(model.graph.node), []
+    for layer in layers:
+        if layer == "first_conv":
+            names += [n.name for n in nodes if n.op_type == "Conv"][:1]
+        elif layer == "head":
+            names += [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")]
+        else:
+            raise DcxError(f"unknown float layer {layer!r}; choose from {', '.join(FLOAT_LAYERS)}")
+    return names
+
+
 def quantize_int8(fp32_path: str | os.PathLike, batches: Iterable[np.ndarray], *, target: str,
-                  method: str = CALIBRATION_METHOD):
-    """Calibrate ``fp32_path`` on ``batches`` of preprocessed images -> Q/DQ INT8 ModelProto for ``target``."""
+                  method: str = CALIBRATION_METHOD, keep_float: Iterable[str] = ()):
+    """Calibrate ``fp32_path`` on ``batches`` of preprocessed images -> Q/DQ INT8 ModelProto for
+    ``target``, the ``keep_float`` layers (:data:`FLOAT_LAYERS`) left unquantized."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quant_pre_process, quantize_static)
@@ -118,11 +135,13 @@ def quantize_int8(fp32_path: str | os.PathLike, batches: Iterable[np.ndarray], *
         # Shape inference + graph clean-up (identities, shape arithmetic) that ORT recommends
         # before quantizing; symbolic shape inference is skipped, ONNX's own suffices here.
         quant_pre_process(os.fspath(fp32_path), os.fspath(prepared), skip_symbolic_shape=True)
+        excluded = float_nodes(onnx.load(os.fspath(prepared)), keep_float)
         try:
             with _quiet_quantizer():
                 quantize_static(os.fspath(prepared), os.fspath(quantized), reader, quant_format=QuantFormat.QDQ,
                                 per_channel=True, activation_type=settings["activation_type"],
                                 weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OPS,
+                                nodes_to_exclude=excluded,
                                 calibrate_method=getattr(CalibrationMethod, calibrate_method),
                                 extra_options={"WeightSymmetric": True, "QuantizeBias": False,
                                                **settings["extra_options"], **calibration_options})
