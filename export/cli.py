@@ -60,6 +60,9 @@ def newest_checkpoint(root: Path) -> Path:
                    "training split recorded in the checkpoint. Only its training-split images are used.")
 @click.option("--target", type=click.Choice(["cpu", "tensorrt"]),
               help="INT8 flavour: cpu (ONNX Runtime on CPUs) or tensorrt; default: tensorrt for a .plan, else cpu.")
+@click.option("--float-layers", type=click.Choice(["first_conv", "head"]), multiple=True,
+              help="INT8: leave these layers in float (repeatable); about 3x smaller probability error, "
+                   "10-25% slower on a CPU (benchmarks/README.md).")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=512, show_default=True,
               help="Stratified calibration sample size.")
 @click.option("--eval", "eval_data", type=click.Path(path_type=Path),
@@ -83,7 +86,7 @@ def newest_checkpoint(root: Path) -> Path:
               help="Keep an fp16/int8 artefact that fails the accuracy gates (warn instead of fail).")
 @click.option("--strict", is_flag=True, hidden=True, help="No-op: failing the accuracy gates is now the default.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
-def main(source, precision, target, calib, calib_samples, eval_data, out, min_batch, opt_batch, max_batch,
+def main(source, precision, target, float_layers, calib, calib_samples, eval_data, out, min_batch, opt_batch, max_batch,
          workspace_gb, timing_cache, version_compatible, accept_accuracy_loss, strict, force):
     """Export a dcx checkpoint to ONNX (fp32, fp16 or INT8 Q/DQ) and, with TensorRT, to a plan.
 
@@ -94,7 +97,8 @@ def main(source, precision, target, calib, calib_samples, eval_data, out, min_ba
         click.echo(f"checkpoint: {source} (newest runs/*/best.pt)")
     if strict and accept_accuracy_loss:
         raise DcxError("--strict and --accept-accuracy-loss contradict each other; pass one")
-    request = ExportRequest(source=source, out=out, precision=precision, target=target, calib=calib,
+    request = ExportRequest(source=source, out=out, precision=precision, target=target,
+                            float_layers=tuple(float_layers), calib=calib,
                             calib_samples=calib_samples,
                             eval_data=eval_data, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
                             workspace_gb=workspace_gb, timing_cache=timing_cache,

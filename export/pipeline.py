@@ -43,6 +43,7 @@ class ExportRequest:
     target: str | None = None  # int8 only: "cpu" or "tensorrt"; None: tensorrt for a .plan, else cpu
     calib: Path | None = None
     calib_samples: int = 512
+    float_layers: tuple[str, ...] = ()  # int8 only: layers left unquantized (precision.FLOAT_LAYERS)
     eval_data: Path | None = None
     min_batch: int = 1
     opt_batch: int = 64
@@ -164,7 +165,8 @@ def _write_onnx(req: ExportRequest, model: DcxNet, card: ModelCard, echo) -> Pat
 def _quantize(req: ExportRequest, fp32: Path, card: ModelCard, echo):
     chosen, origin = samples_mod.calibration_samples(card, req.calib, req.calib_samples)
     batches = samples_mod.Batches(chosen, card, progress="dcx-export calibration")
-    proto = precision_mod.quantize_int8(fp32, (images.numpy() for images, _ in batches), target=req.target)
+    proto = precision_mod.quantize_int8(fp32, (images.numpy() for images, _ in batches), target=req.target,
+                                        keep_float=req.float_layers)
     manifest = calibration_manifest_path(req.onnx_out)
     with open(manifest, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -175,6 +177,7 @@ def _quantize(req: ExportRequest, fp32: Path, card: ModelCard, echo):
          f"{f', {len(batches.skipped)} unreadable skipped' if batches.skipped else ''}; manifest {manifest.name}")
     calibration = {
         "quantizer": precision_mod.describe_target(req.target), "target": req.target,
+        "float_layers": list(req.float_layers),
         "method": precision_mod.CALIBRATION_METHOD, "origin": origin, "requested": req.calib_samples,
         "used": len(batches.used), "skipped": [{"path": os.fspath(s.path), "reason": r} for s, r in batches.skipped],
         "manifest": manifest.name, "manifest_sha256": sha256_file(manifest)}

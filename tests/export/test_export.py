@@ -137,6 +137,21 @@ def test_cpu_int8_graph_has_uint8_activations_and_int8_per_channel_weights(int8_
     assert "target cpu" in result.output
 
 
+def test_float_layers_stay_unquantized(trained_checkpoint, synth_archive, tmp_path):
+    out = tmp_path / "m.onnx"
+    invoke(main, [trained_checkpoint, "--precision", "int8", "--float-layers", "first_conv", "--float-layers", "head",
+                  "--calib", synth_archive, "--calib-samples", 32, "--accept-accuracy-loss", "--out", out])
+    model = onnx.load(str(out))
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    heads = [n for n in model.graph.node if n.op_type in ("Gemm", "MatMul")]
+    assert convs and heads
+    assert producer.get(convs[0].input[0]) != "DequantizeLinear" and producer.get(convs[0].input[1]) != "DequantizeLinear"
+    assert all(producer.get(n.input[0]) != "DequantizeLinear" for n in heads)
+    assert producer.get(convs[1].input[0]) == "DequantizeLinear"  # the rest is still INT8
+    assert json.loads(sidecar_path(out).read_text())["calibration"]["float_layers"] == ["first_conv", "head"]
+
+
 def test_tensorrt_int8_graph_is_symmetric_qdq_and_cannot_be_swapped_for_the_cpu_one(
         trained_checkpoint, synth_archive, int8_export, tmp_path):
     out = tmp_path / "trt.onnx"
