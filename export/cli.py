@@ -61,8 +61,8 @@ def newest_checkpoint(root: Path) -> Path:
 @click.option("--target", type=click.Choice(["cpu", "tensorrt"]),
               help="INT8 flavour: cpu (ONNX Runtime on CPUs) or tensorrt; default: tensorrt for a .plan, else cpu.")
 @click.option("--float-layers", type=click.Choice(["first_conv", "head"]), multiple=True,
-              help="INT8: leave these layers in float (repeatable); about 3x smaller probability error, "
-                   "10-30% slower on a CPU (benchmarks/README.md).")
+              help="INT8: leave these layers in float (repeatable); first_conv alone measured about 3x smaller "
+                   "probability error, 10-30% slower on a CPU (benchmarks/README.md).")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=512, show_default=True,
               help="Stratified calibration sample size.")
 @click.option("--eval", "eval_data", type=click.Path(path_type=Path),

@@ -95,8 +95,8 @@ def float_nodes(model, layers: Iterable[str]) -> list[str]:
     for layer in layers:
         if layer == "first_conv":
             names += [n.name for n in nodes if n.op_type == "Conv"][:1]
-        elif layer == "head":
-            names += [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")]
+        elif layer == "head":  # the classifier: dcx heads are a 1x1 Conv (for the CAM), the last compute op
+            names += [n.name for n in nodes if n.op_type in ("Conv", "Gemm", "MatMul")][-1:]
         else:
             raise DcxError(f"unknown float layer {layer!r}; choose from {', '.join(FLOAT_LAYERS)}")
     return names
