@@ -110,7 +110,7 @@ def accuracy_problems(report: dict) -> list[str]:
 def describe(report: dict) -> str:
     """One line for the terminal."""
     parts = [f"n={report['n']}"]
-    for key in GATED:
+    for key in (*GATED, "auc"):
         delta = report["deltas"][key]
         parts.append(f"delta {key} " + ("n/a" if delta is None else f"{100 * delta:+.2f} pts"))
     parts.append(f"decisions agree {report['agreement']['flag_agreement']:.1%}")
