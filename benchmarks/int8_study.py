@@ -23,23 +23,25 @@ def main(args: list[str]) -> None:
     model, card = load_model(ckpt)
     fp32 = export_onnx(model, card, work / "fp32.onnx")
     ref = verify.pytorch_runner(model, card)
-    val, origin = S.evaluation_samples(card, None)
+    validation, _ = S.evaluation_samples(card, None)
     variants = [(m, n, f) for m in ("minmax", "percentile") for n in (64, 512) for f in ((), ("first_conv",))]
     rows = []
     for method, n, keep in variants:
         chosen, _ = S.calibration_samples(card, None, n)
         t = time.perf_counter()
-        proto = P.quantize_int8(fp32, (x.numpy() for x, _ in S.Batches(chosen, card)), target="cpu", method=method, keep_float=keep)
+        proto = P.quantize_int8(fp32, (x.numpy() for x, _ in S.Batches(chosen, card)), target="cpu", method=method,
+                                keep_float=keep)
         secs = time.perf_counter() - t
         out = save_onnx_artefact(proto, card, "int8", work / f"{method}-{n}-{'+'.join(keep) or 'all'}.onnx")
-        with open_backend(out, device="cpu") as b:
-            rep = verify.accuracy(ref, b.infer, card, S.Batches(val, card))
-        a = rep["agreement"]
-        row = dict(method=method, calib=len(chosen), keep_float="+".join(keep) or "-", n=rep["n"],
-                   d_sens=rep["deltas"]["sensitivity"], d_spec=rep["deltas"]["specificity"], d_auc=rep["deltas"]["auc"],
-                   agree=a["flag_agreement"], max_dp=a["max_abs_delta_p"], mean_dp=a["mean_abs_delta_p"],
-                   passed=not verify.accuracy_problems(rep), calib_s=round(secs, 1))
-        print(json.dumps(row), flush=True); rows.append(row)
+        with open_backend(out, device="cpu") as backend:
+            report = verify.accuracy(ref, backend.infer, card, S.Batches(validation, card))
+        deltas, agree = report["deltas"], report["agreement"]
+        row = dict(method=method, calib=len(chosen), keep_float="+".join(keep) or "-", n=report["n"],
+                   d_sens=deltas["sensitivity"], d_spec=deltas["specificity"], d_auc=deltas["auc"],
+                   agree=agree["flag_agreement"], max_dp=agree["max_abs_delta_p"], mean_dp=agree["mean_abs_delta_p"],
+                   passed=not verify.accuracy_problems(report), calib_s=round(secs, 1))
+        print(json.dumps(row), flush=True)
+        rows.append(row)
     (work / "study.json").write_text(json.dumps(rows, indent=1))
 
 
