@@ -9,7 +9,9 @@ of the whole path cannot exceed ``cores / (decode + inference CPU seconds per im
 - **engine decoder**: :class:`dcx.engine.decode.Decoder` exactly as ``dcx-infer`` builds it
   (batch size, threads, device): read, sniff, headers, DALI decode, letterbox;
 - **codec only**: DALI's image decoder alone (no resize, no checks) on the raster files the
-  engine decoder handed to DALI: the floor no decoder of these files can go under.
+  engine decoder handed to DALI: the floor no decoder of these files can go under;
+- **DCT-scaled** (CPU only): the engine decoder with ``dct_scaling=True`` -- large JPEGs decoded
+  at reduced DCT scale, within the bound :data:`dcx.engine.decode.DCT_MAX_ABS` of the contract.
 """
 from __future__ import annotations
 
@@ -28,7 +30,11 @@ def bench_decoding(files: list[str], engine: str | os.PathLike, *, batch_size: i
         raise DcxError("no files to decode")
     preprocess = read_engine_card(engine).preprocess()
     engine_decoder, by_dali = _bench_engine_decoder(files, preprocess, batch_size, threads, device)
-    return {"engine_decoder": engine_decoder, "codec_only": _bench_codec(by_dali, batch_size, threads, device)}
+    record = {"engine_decoder": engine_decoder, "codec_only": _bench_codec(by_dali, batch_size, threads, device)}
+    if device == "cpu":
+        record["dct_scaled"], _ = _bench_engine_decoder(files, preprocess, batch_size, threads, device,
+                                                        dct_scaling=True)
+    return record
 
 
 def cpu_ceiling(cores: int, *cpu_ms_per_image: float) -> float:
@@ -36,8 +42,8 @@ def cpu_ceiling(cores: int, *cpu_ms_per_image: float) -> float:
     return 1000.0 * cores / sum(cpu_ms_per_image)
 
 
-def _bench_engine_decoder(files, preprocess, batch_size: int, threads: int,
-                          device: str) -> tuple[dict, list[str]]:
+def _bench_engine_decoder(files, preprocess, batch_size: int, threads: int, device: str, *,
+                          dct_scaling: bool = False) -> tuple[dict, list[str]]:
     """The decoder's record, and the raster files it decoded with DALI (the codec's input)."""
     by_dali: list[str] = []
 
@@ -47,10 +53,15 @@ def _bench_engine_decoder(files, preprocess, batch_size: int, threads: int,
                        if outcome.meta.get("decoded_by") == "dali" and outcome.format != "dicom")
         return len(decoded.images)
 
-    with Decoder(preprocess, device=device, batch_size=batch_size, num_threads=threads) as decoder:
+    with Decoder(preprocess, device=device, batch_size=batch_size, num_threads=threads,
+                 dct_scaling=dct_scaling) as decoder:
         decoder.decode(files[:batch_size])  # warm-up: builds the pipelines
         record = _timed(decode, files, batch_size)
-    return {**record, "what": "dcx.engine.decode.Decoder (read, checks, DALI decode, letterbox)"}, by_dali
+        record["dct_scaled_files"] = decoder.counts["dct-scaled"]
+    what = "dcx.engine.decode.Decoder (read, checks, DALI decode, letterbox)"
+    if dct_scaling:
+        what = "the same with dct_scaling=True (large JPEGs decoded at 1/2..1/8 DCT scale)"
+    return {**record, "what": what}, by_dali
 
 
 def _bench_codec(rasters: list[str], batch_size: int, threads: int, device: str) -> dict:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from dcx.core.artefact import read_sidecar
 from dcx.core.errors import DcxError
 from dcx.core.models import model_cost
 from dcx.engine.backends import open_backend
@@ -76,10 +77,17 @@ def bench_model_file(path: str | os.PathLike, batch_sizes: list[int], *, size: i
     with open_backend(path) as backend:
         rows = bench_backend(backend, batch_sizes, size=size, warmup=warmup, repeat=repeat)
         cost = model_cost(backend.card.arch, backend.card.input_size, len(backend.card.classes))
-        return {"engine": os.fspath(path), "backend": backend.name, "precision": backend.precision,
+        return {"engine": os.fspath(path), "backend": backend.name, "precision": _precision_label(path, backend),
                 "arch": backend.card.arch, "input_size": backend.card.input_size,
                 "params": cost["params"], "gflops": cost["gflops"],
                 "device": str(backend.device), "warmup": warmup, "repeat": repeat, "results": rows}
+
+
+def _precision_label(path, backend) -> str:
+    """``int8`` graphs carry their target (``int8 cpu`` / ``int8 tensorrt``): two flavours, two speeds."""
+    sidecar = read_sidecar(path) if Path(path).suffix.lower() == ".onnx" else None
+    target = ((sidecar or {}).get("calibration") or {}).get("target")
+    return f"{backend.precision} {target}" if target else backend.precision
 
 
 def markdown(records: list[dict], machine: dict) -> str:

@@ -245,8 +245,12 @@ def markdown(report: dict) -> str:
     rows.append([f"model-only ({mo['backend']} {mo['precision']}, batch {mo['batch_size']}, prepared tensors)",
                  rep.fmt(mo["images_per_s"]), f"{rep.fmt(mo['images_per_s_range'][0])}–"
                  f"{rep.fmt(mo['images_per_s_range'][1])}", rep.fmt(cpu["model_ms_per_image"], 1), "–"])
-    for label, part in (("decoding only: the engine's decoder (no inference)", decoding["engine_decoder"]),
-                        ("decoding only: DALI's codec alone (no resize, no checks)", decoding["codec_only"])):
+    parts = [("decoding only: the engine's decoder (no inference)", decoding["engine_decoder"]),
+             ("decoding only: DALI's codec alone (no resize, no checks)", decoding["codec_only"])]
+    if "dct_scaled" in decoding:
+        parts.append((f"decoding only: the engine's decoder, DCT-scaled JPEG "
+                      f"({decoding['dct_scaled']['dct_scaled_files']} files scaled)", decoding["dct_scaled"]))
+    for label, part in parts:
         if part["images"]:
             rows.append([f"{label}, {part['images']} images", rep.fmt(part["images_per_s"]), "one pass",
                          rep.fmt(part["cpu_ms_per_image"], 1), "–"])

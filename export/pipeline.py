@@ -4,6 +4,10 @@
 The order matters: ONNX artefacts are written and verified *before* the plan is attempted, so a
 CPU machine leaves complete, checked ONNX artefacts and the exact command that finishes the
 plan on a GPU machine.
+
+An fp16/int8 artefact that does not keep the FP32 model's screening decisions (the gates of
+:func:`dcx.export.verify.accuracy_problems`) is removed and the export fails, unless the request
+accepts the accuracy loss; then it is kept, with the failed gates in its sidecar.
 """
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ from typing import Callable
 
 import torch
 
-from dcx.core.artefact import PRECISIONS, read_card, read_precision, sha256_file, sidecar_path, update_sidecar
+from dcx.core.artefact import (PRECISIONS, read_card, read_precision, read_sidecar, sha256_file, sidecar_path,
+                               update_sidecar)
 from dcx.core.card import ModelCard, load_model
 from dcx.core.errors import DcxError
 from dcx.core.models import DcxNet
@@ -35,8 +40,10 @@ class ExportRequest:
     source: Path  # a dcx checkpoint (.pt) or an ONNX file exported by dcx-export
     out: Path | None = None  # None: default_out for a checkpoint, MODEL.plan for MODEL.onnx
     precision: str | None = None
+    target: str | None = None  # int8 only: "cpu" or "tensorrt"; None: tensorrt for a .plan, else cpu
     calib: Path | None = None
     calib_samples: int = 512
+    float_layers: tuple[str, ...] = ()  # int8 only: layers left unquantized (precision.FLOAT_LAYERS)
     eval_data: Path | None = None
     min_batch: int = 1
     opt_batch: int = 64
@@ -44,7 +51,7 @@ class ExportRequest:
     workspace_gb: float = 4.0
     timing_cache: Path | None = None
     version_compatible: bool = False  # a plan newer TensorRT runtimes (lean, dispatch) can run
-    strict: bool = False
+    accept_accuracy_loss: bool = False
     force: bool = False
 
     @property
@@ -75,11 +82,16 @@ def run_export(req: ExportRequest, echo: Callable[[str], None], warn: Callable[[
         raise DcxError(f"--precision is required for a checkpoint: one of {', '.join(PRECISIONS)}")
     if req.calib is not None and req.precision != "int8":
         warn(f"--calib is only used for int8; ignored for {req.precision}")
+    if req.target is not None and req.precision != "int8":
+        warn(f"--target is only used for int8; ignored for {req.precision}")
     model, card = load_model(req.source)
     req.out = req.out or default_out(req.source, card, req.precision)
+    if req.precision == "int8":
+        req.target = _int8_target(req)
     _refuse_existing(req, [req.onnx_out, sidecar_path(req.onnx_out), calibration_manifest_path(req.onnx_out)]
                      + ([req.out, sidecar_path(req.out)] if req.wants_plan else []))
-    check = _Verification(card, samples_mod.evaluation_samples(card, req.eval_data), req.strict, echo, warn)
+    check = _Verification(card, samples_mod.evaluation_samples(card, req.eval_data), req.accept_accuracy_loss,
+                          echo, warn)
     onnx_path = _write_onnx(req, model, card, echo)
     reference = verify.pytorch_runner(model, card)
     _verify_onnx(check, onnx_path, reference, req.precision)
@@ -93,6 +105,22 @@ def run_export(req: ExportRequest, echo: Callable[[str], None], warn: Callable[[
     plan = _build(req, onnx_path, echo)
     _verify_plan(check, plan, reference, "PyTorch")
     return plan
+
+
+def _int8_target(req: ExportRequest) -> str:
+    """The INT8 flavour: as asked, else the one the output is for (.plan: TensorRT; .onnx: CPU)."""
+    target = req.target or ("tensorrt" if req.wants_plan else "cpu")
+    if target not in precision_mod.TARGETS:
+        raise DcxError(f"--target must be one of {', '.join(precision_mod.TARGETS)}, got {target!r}")
+    if target == "cpu" and req.wants_plan:
+        raise DcxError("a TensorRT plan needs the TensorRT INT8 graph; drop --target cpu or pass --target tensorrt")
+    return target
+
+
+def int8_target_of(onnx_path: Path) -> str | None:
+    """The INT8 target recorded in an artefact's sidecar (None: not INT8, or made before targets)."""
+    sidecar = read_sidecar(onnx_path) or {}
+    return (sidecar.get("calibration") or {}).get("target")
 
 
 def finish_command(req: ExportRequest, onnx_path: Path) -> str:
@@ -137,17 +165,19 @@ def _write_onnx(req: ExportRequest, model: DcxNet, card: ModelCard, echo) -> Pat
 def _quantize(req: ExportRequest, fp32: Path, card: ModelCard, echo):
     chosen, origin = samples_mod.calibration_samples(card, req.calib, req.calib_samples)
     batches = samples_mod.Batches(chosen, card, progress="dcx-export calibration")
-    proto = precision_mod.quantize_int8(fp32, (images.numpy() for images, _ in batches))
+    proto = precision_mod.quantize_int8(fp32, (images.numpy() for images, _ in batches), target=req.target,
+                                        keep_float=req.float_layers)
     manifest = calibration_manifest_path(req.onnx_out)
     with open(manifest, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "sha256"])
         for s in batches.used:
             writer.writerow([os.fspath(s.path), s.label, sha256_file(s.path)])
-    echo(f"calibrated ({precision_mod.CALIBRATION_METHOD}) on {len(batches.used)} images from {origin}"
+    echo(f"calibrated ({precision_mod.CALIBRATION_METHOD}, target {req.target}) on {len(batches.used)} images from {origin}"
          f"{f', {len(batches.skipped)} unreadable skipped' if batches.skipped else ''}; manifest {manifest.name}")
     calibration = {
-        "quantizer": "onnxruntime.quantization.quantize_static (QDQ, int8 symmetric, per-channel weights)",
+        "quantizer": precision_mod.describe_target(req.target), "target": req.target,
+        "float_layers": list(req.float_layers),
         "method": precision_mod.CALIBRATION_METHOD, "origin": origin, "requested": req.calib_samples,
         "used": len(batches.used), "skipped": [{"path": os.fspath(s.path), "reason": r} for s, r in batches.skipped],
         "manifest": manifest.name, "manifest_sha256": sha256_file(manifest)}
@@ -160,7 +190,7 @@ class _Verification:
 
     card: ModelCard
     evaluation: tuple[list, str] | None  # (samples, where they came from)
-    strict: bool
+    accept_accuracy_loss: bool
     echo: Callable[[str], None]
     warn: Callable[[str], None]
 
@@ -174,9 +204,9 @@ class _Verification:
             verify.check_fp32_parity(parity, label)
             return {**result, "passed": True}
         if self.evaluation is None:
-            self._fail_or_warn(f"{label}: no validation data to verify accuracy on (the checkpoint records no "
-                               "validation split); pass --eval DATA")
-            return {**result, "passed": None}
+            problem = (f"{label}: no validation data to verify accuracy on (the checkpoint records no "
+                       "validation split); pass --eval DATA")
+            return {**result, "passed": None, "problems": [problem]}
         samples, origin = self.evaluation
         batches = samples_mod.Batches(samples, self.card, progress=f"dcx-export verifying {name}")
         report = verify.accuracy(reference, candidate, self.card, batches)
@@ -184,8 +214,7 @@ class _Verification:
         self.echo(f"{name} vs {reference_name} on {origin}: {verify.describe(report)}")
         problems = verify.accuracy_problems(report)
         if problems:
-            self._fail_or_warn(f"{label} differs from {reference_name} by more than "
-                               f"{100 * verify.ACCURACY_TOLERANCE:g} point on {origin}: {'; '.join(problems)}")
+            problems = [f"{label} does not keep {reference_name}'s decisions on {origin}: {'; '.join(problems)}"]
         return {**result, "accuracy": report, "passed": not problems, "problems": problems}
 
     def _parity_images(self) -> tuple[torch.Tensor, str]:
@@ -198,10 +227,17 @@ class _Verification:
         images = verify.sample_images(self.card, 8)
         return images, f"{len(images)} synthetic images (no evaluation data)"
 
-    def _fail_or_warn(self, message: str) -> None:
-        if self.strict:
-            raise DcxError(message)
-        self.warn(message)
+    def judge(self, artefact: Path, result: dict, written: list[Path]) -> None:
+        """Keep an artefact that passed; remove ``written`` and fail on one that did not, unless accepted."""
+        problems = result.get("problems") or []
+        if not problems:
+            return
+        if self.accept_accuracy_loss:
+            self.warn(f"{problems[0]} (kept: --accept-accuracy-loss)")
+            return
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise DcxError(f"{problems[0]}; {artefact.name} was removed (pass --accept-accuracy-loss to keep it)")
 
 
 def _verify_onnx(check: _Verification, onnx_path: Path, reference, precision: str) -> None:
@@ -209,12 +245,14 @@ def _verify_onnx(check: _Verification, onnx_path: Path, reference, precision: st
         result = check.run(backend.infer, reference, "ONNX Runtime", "PyTorch", onnx_path.name,
                            exact=precision == "fp32")
     update_sidecar(onnx_path, verification={"onnxruntime": result})
+    check.judge(onnx_path, result, [onnx_path, sidecar_path(onnx_path), calibration_manifest_path(onnx_path)])
 
 
 def _verify_plan(check: _Verification, plan: Path, reference, reference_name: str) -> None:
     with open_backend(plan, device="gpu") as backend:
         result = check.run(backend.infer, reference, "TensorRT", reference_name, plan.name, exact=False)
     update_sidecar(plan, verification={"tensorrt": result})
+    check.judge(plan, result, [plan, sidecar_path(plan)])
 
 
 def _build(req: ExportRequest, onnx_path: Path, echo) -> Path:
@@ -237,12 +275,16 @@ def _plan_from_onnx(req: ExportRequest, echo, warn) -> Path:
     if req.precision is not None and req.precision != graph_precision:
         raise DcxError(f"{req.source.name} is an {graph_precision} graph and a plan takes its precision from the "
                        f"graph; make one with dcx-export CKPT --precision {req.precision} --out NAME.onnx")
+    if int8_target_of(req.source) == "cpu":
+        raise DcxError(f"{req.source.name} is the CPU-tuned INT8 graph, which TensorRT does not run well; export "
+                       f"one for TensorRT with dcx-export CKPT --precision int8 --target tensorrt --out NAME.onnx")
     _refuse_existing(req, [req.out, sidecar_path(req.out)])
     reason = tensorrt_unavailable_reason()
     if reason is not None:
         raise DcxError(f"the TensorRT plan needs TensorRT and an NVIDIA GPU ({reason}); run "
                        f"{finish_command(req, req.source)} on a machine that has both", exit_code=EXIT_PLAN_NOT_BUILT)
-    check = _Verification(card, samples_mod.evaluation_samples(card, req.eval_data), req.strict, echo, warn)
+    check = _Verification(card, samples_mod.evaluation_samples(card, req.eval_data), req.accept_accuracy_loss,
+                          echo, warn)
     plan = _build(req, req.source, echo)
     with open_backend(req.source, device="cpu") as onnx_runtime:
         _verify_plan(check, plan, onnx_runtime.infer, "ONNX Runtime")

@@ -416,3 +416,45 @@ def test_gpu_batch_is_intact_after_the_next_run_reuses_dalis_buffer(rasters):
         dec.decode([second] * 8)
         for image in a.images:
             assert (image.cpu() - reference(first)).abs().max() <= MAX_ABS
+
+
+# -- DCT-scaled JPEG decoding (opt-in, CPU) ------------------------------------------------------
+
+def _dct_parity(paths, size):
+    """(decoded_by per file, worst max and worst per-image mean |dct - reference|)."""
+    from dcx.engine.decode import Decoder as _Decoder
+
+    with _Decoder(Preprocess(size), batch_size=8, dct_scaling=True) as dec:
+        batch = dec.decode(paths)
+    assert [o.status for o in batch.outcomes] == ["ok"] * len(paths)
+    by = [batch.outcomes[row].meta["decoded_by"] for row in batch.rows_of_images]
+    diffs = [(image - reference(paths[row], size)).abs() for image, row in zip(batch.images, batch.rows_of_images)]
+    return by, max(float(d.max()) for d in diffs), max(float(d.mean()) for d in diffs)
+
+
+def test_dct_scaled_jpeg_stays_within_its_bound_and_only_where_it_pays(tmp_path):
+    from dcx.engine.decode import DCT_MARGIN, DCT_MAX_ABS, DCT_MEAN_ABS
+
+    phantom, _ = make_phantom("covid", 1024, seed=3)  # a radiograph-like film with edges and noise
+    gray8 = (np.clip(phantom, 0, 1) * 255).astype(np.uint8)
+    paths = []
+    for name, image in [("gray.jpg", Image.fromarray(gray8)),
+                        ("rgb.jpg", Image.fromarray(np.stack([gray8, gray8, gray8[::-1]], -1))),
+                        ("wide.jpg", Image.fromarray(gray8[:600])),
+                        ("small.jpg", Image.fromarray(gray8[:200, :200]))]:
+        image.save(tmp_path / name, quality=92)
+        paths.append(tmp_path / name)
+    size = 128
+    by, worst_max, worst_mean = _dct_parity(paths, size)
+    assert by == ["dct-scaled"] * 3 + ["dali"]  # 200 px < 2 * DCT_MARGIN * 128: full decode
+    assert 200 < 2 * DCT_MARGIN * size
+    assert 0 < worst_max <= DCT_MAX_ABS and worst_mean <= DCT_MEAN_ABS
+
+
+def test_dct_scaled_cxr_dev_jpegs_stay_within_the_bound(shared_data):
+    from dcx.engine.decode import DCT_MAX_ABS, DCT_MEAN_ABS
+
+    jpegs = sorted(p for p in (shared_data / "cxr-dev").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+    by, worst_max, worst_mean = _dct_parity(jpegs, 128)
+    assert by.count("dct-scaled") >= len(jpegs) // 2
+    assert worst_max <= DCT_MAX_ABS and worst_mean <= DCT_MEAN_ABS

@@ -81,9 +81,28 @@ def test_every_architecture_exports_and_matches_pytorch(arch, tmp_path):
 
 @pytest.fixture(scope="module")
 def int8_export(trained_checkpoint, synth_archive, tmp_path_factory):
+    """The default INT8 export of an .onnx: the CPU target."""
     out = tmp_path_factory.mktemp("int8") / "m.onnx"
     result = invoke(main, [trained_checkpoint, "--precision", "int8", "--calib", synth_archive, "--out", out])
     return out, result
+
+
+def _qdq_zero_points(model) -> tuple[list, list]:
+    """(activation, weight) zero points of a Q/DQ graph: weights are initializers fed to DequantizeLinear."""
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    activations, weights = [], []
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2:
+            is_weight = n.op_type == "DequantizeLinear" and n.input[0] in inits
+            (weights if is_weight else activations).append(inits[n.input[2]])
+    return activations, weights
+
+
+def _assert_float_io_and_outputs(model) -> None:
+    float32 = onnx.TensorProto.FLOAT
+    assert all(v.type.tensor_type.elem_type == float32 for v in [*model.graph.input, *model.graph.output])
+    producer = {out: n.op_type for n in model.graph.node for out in n.output}
+    assert [producer[o.name] for o in model.graph.output] == ["Softmax", "Gather"]  # not re-quantized
 
 
 def test_int8_writes_artefact_sidecar_and_calibration_manifest(int8_export, trained_checkpoint):
@@ -104,18 +123,50 @@ def test_int8_writes_artefact_sidecar_and_calibration_manifest(int8_export, trai
     assert "calibrated" in result.output
 
 
-def test_int8_graph_is_symmetric_qdq_with_float_io(int8_export):
-    model = onnx.load(str(int8_export[0]))
-    ops = {n.op_type for n in model.graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
-    zero_points = [inits[n.input[2]] for n in model.graph.node
-                   if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
-    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
-    float32 = onnx.TensorProto.FLOAT
-    assert all(v.type.tensor_type.elem_type == float32 for v in [*model.graph.input, *model.graph.output])
-    producer = {out: n.op_type for n in model.graph.node for out in n.output}
-    assert [producer[o.name] for o in model.graph.output] == ["Softmax", "Gather"]  # not re-quantized
+def test_cpu_int8_graph_has_uint8_activations_and_int8_per_channel_weights(int8_export):
+    out, result = int8_export
+    model = onnx.load(str(out))
+    activations, weights = _qdq_zero_points(model)
+    assert activations and all(z.dtype == np.uint8 for z in activations)
+    assert any(z.any() for z in activations)  # asymmetric: zero points follow the data, not 0
+    assert weights and all(z.dtype == np.int8 and not z.any() for z in weights)
+    assert any(z.size > 1 for z in weights)  # per output channel
+    _assert_float_io_and_outputs(model)
+    calibration = json.loads(sidecar_path(out).read_text())["calibration"]
+    assert calibration["target"] == "cpu" and "uint8 asymmetric" in calibration["quantizer"]
+    assert "target cpu" in result.output
+
+
+def test_float_layers_stay_unquantized(trained_checkpoint, synth_archive, tmp_path):
+    out = tmp_path / "m.onnx"
+    invoke(main, [trained_checkpoint, "--precision", "int8", "--float-layers", "first_conv", "--float-layers", "head",
+                  "--calib", synth_archive, "--calib-samples", 32, "--accept-accuracy-loss", "--out", out])
+    model = onnx.load(str(out))
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert len(convs) > 3 and convs[-1].name == "/head/Conv"
+    for kept in (convs[0], convs[-1]):  # neither activations nor weights go through Q/DQ
+        assert producer.get(kept.input[0]) != "DequantizeLinear" and producer.get(kept.input[1]) != "DequantizeLinear"
+    assert producer.get(convs[1].input[0]) == "DequantizeLinear"  # the rest is still INT8
+    assert json.loads(sidecar_path(out).read_text())["calibration"]["float_layers"] == ["first_conv", "head"]
+
+
+def test_tensorrt_int8_graph_is_symmetric_qdq_and_cannot_be_swapped_for_the_cpu_one(
+        trained_checkpoint, synth_archive, int8_export, tmp_path):
+    out = tmp_path / "trt.onnx"
+    invoke(main, [trained_checkpoint, "--precision", "int8", "--target", "tensorrt", "--calib", synth_archive,
+                  "--calib-samples", 32, "--out", out])
+    model = onnx.load(str(out))
+    activations, weights = _qdq_zero_points(model)
+    assert activations and weights and all(z.dtype == np.int8 and not z.any() for z in activations + weights)
+    _assert_float_io_and_outputs(model)
+    assert json.loads(sidecar_path(out).read_text())["calibration"]["target"] == "tensorrt"
+
+    # A plan takes the TensorRT flavour: --target cpu with a .plan, or a CPU graph as a plan's source, is refused.
+    assert "drop --target cpu" in _error([trained_checkpoint, "--precision", "int8", "--target", "cpu",
+                                          "--out", tmp_path / "x.plan"])
+    assert "CPU-tuned INT8 graph" in _error([int8_export[0], "--out", tmp_path / "cpu.plan"])
+    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "cpu.plan").exists()
 
 
 def test_int8_matches_pytorch_on_the_validation_split(int8_export, trained_checkpoint):
@@ -143,16 +194,26 @@ def test_fp16_matches_pytorch_on_the_validation_split(trained_checkpoint, tmp_pa
     assert accuracy["agreement"]["flag_agreement"] >= 0.99 and accuracy["agreement"]["max_abs_delta_p"] < 1e-2
 
 
-def test_strict_turns_an_accuracy_warning_into_an_error(trained_checkpoint, tmp_path, monkeypatch):
+def test_an_artefact_beyond_the_accuracy_gates_is_removed_unless_accepted(trained_checkpoint, tmp_path, monkeypatch):
     from dcx.export import verify
 
     monkeypatch.setattr(verify, "ACCURACY_TOLERANCE", -1.0)  # every delta, even 0, is "beyond"
-    warned = invoke(main, [trained_checkpoint, "--precision", "fp16", "--out", tmp_path / "a.onnx"])
-    assert "Warning:" in warned.output and "points" in warned.output
-    failed = invoke(main, [trained_checkpoint, "--precision", "fp16", "--strict", "--out", tmp_path / "b.onnx"],
-                    expect_exit=1)
+    failed = invoke(main, [trained_checkpoint, "--precision", "fp16", "--out", tmp_path / "b.onnx"], expect_exit=1)
     last = failed.output.strip().splitlines()[-1]
-    assert last.startswith("Error:") and "points" in last and "Traceback" not in failed.output
+    assert last.startswith("Error:") and "points" in last and "b.onnx was removed" in last
+    assert "Traceback" not in failed.output and not list(tmp_path.iterdir())
+    kept = invoke(main, [trained_checkpoint, "--precision", "fp16", "--accept-accuracy-loss", "--out", tmp_path / "a.onnx"])
+    assert "Warning:" in kept.output and "points" in kept.output and "kept" in kept.output
+    assert json.loads(sidecar_path(tmp_path / "a.onnx").read_text())["verification"]["onnxruntime"]["passed"] is False
+
+
+def test_decision_agreement_under_99_percent_fails_the_export(trained_checkpoint, tmp_path, monkeypatch):
+    from dcx.export import verify
+
+    monkeypatch.setattr(verify, "MIN_DECISION_AGREEMENT", 1.01)  # unreachable: even identical decisions fail
+    failed = invoke(main, [trained_checkpoint, "--precision", "fp16", "--out", tmp_path / "m.onnx"], expect_exit=1)
+    assert "decisions agree on" in failed.output and "m.onnx was removed" in failed.output
+    assert not (tmp_path / "m.onnx").exists() and not sidecar_path(tmp_path / "m.onnx").exists()
 
 
 # -- TensorRT ------------------------------------------------------------------------------------
@@ -243,7 +304,11 @@ def test_unreadable_calibration_images_are_named_and_skipped(synth_archive, tmp_
     rows.append(f"{tmp_path / 'broken.png'},covid")
     (tmp_path / "calib.csv").write_text("\n".join(rows) + "\n")
 
-    result = invoke(main, [good, "--precision", "int8", "--calib", tmp_path / "calib.csv", "--out", tmp_path / "q.onnx"])
+    unverified = invoke(main, [good, "--precision", "int8", "--calib", tmp_path / "calib.csv",
+                               "--out", tmp_path / "q.onnx"], expect_exit=1)
+    assert "no validation data" in unverified.output and not (tmp_path / "q.onnx").exists()
+    result = invoke(main, [good, "--precision", "int8", "--calib", tmp_path / "calib.csv", "--accept-accuracy-loss",
+                           "--out", tmp_path / "q.onnx"])
     assert "broken.png" in result.output  # named (stderr is mixed into the runner's output)
     calibration = json.loads(sidecar_path(tmp_path / "q.onnx").read_text())["calibration"]
     assert calibration["used"] == 6

@@ -35,6 +35,8 @@ def test_exports_at_every_precision_pass_parity_and_screen_like_pytorch(seed_run
     for precision in ("fp32", "fp16", "int8"):
         artefact = tmp_path / f"{arch}-{precision}.onnx"
         args = [checkpoint, "--precision", precision, "--out", artefact]
+        if precision != "fp32":  # the decision gates are not what this test is about (see below)
+            args.append("--accept-accuracy-loss")
         invoke(export, args + (["--calib", synth_archive, "--calib-samples", 32] if precision == "int8" else []))
         verification = json.loads(sidecar_path(artefact).read_text())["verification"]["onnxruntime"]
         # The probability parity is the model-independent part of the check; the decision gate
