@@ -32,21 +32,27 @@ def test_exports_at_every_precision_pass_parity_and_screen_like_pytorch(seed_run
     reference = _screen(checkpoint, synth_archive, tmp_path / "torch.csv")
     assert reference and all(row["status"] == "ok" for row in reference.values())
     tolerance = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.15}
-    for precision in ("fp32", "fp16", "int8"):
-        artefact = tmp_path / f"{arch}-{precision}.onnx"
+    for precision, target in (("fp32", None), ("fp16", None), ("int8", "cpu"), ("int8", "tensorrt")):
+        name = f"{precision}-{target}" if target else precision
+        artefact = tmp_path / f"{arch}-{name}.onnx"
         args = [checkpoint, "--precision", precision, "--out", artefact]
         if precision != "fp32":  # the decision gates are not what this test is about (see below)
             args.append("--accept-accuracy-loss")
-        invoke(export, args + (["--calib", synth_archive, "--calib-samples", 32] if precision == "int8" else []))
-        verification = json.loads(sidecar_path(artefact).read_text())["verification"]["onnxruntime"]
+        if target:
+            args += ["--target", target, "--calib", synth_archive, "--calib-samples", 32]
+        invoke(export, args)
+        sidecar = json.loads(sidecar_path(artefact).read_text())
+        verification = sidecar["verification"]["onnxruntime"]
+        if target:
+            assert sidecar["calibration"]["target"] == target
         # The probability parity is the model-independent part of the check; the decision gate
         # (within 1 point of PyTorch's sensitivity/specificity) is judged on this model's
         # validation split, where a 2-epoch 32 px model sits right on its threshold.
         assert verification["parity"]["max_abs_delta_p"] <= tolerance[precision], verification["parity"]
         if precision != "fp32":
             assert 0 <= verification["accuracy"]["agreement"]["flag_agreement"] <= 1
-        rows = _screen(artefact, synth_archive, tmp_path / f"{precision}.csv")
+        rows = _screen(artefact, synth_archive, tmp_path / f"{name}.csv")
         assert rows.keys() == reference.keys()
         got = np.array([float(rows[p]["p_positive"]) for p in reference])
         want = np.array([float(reference[p]["p_positive"]) for p in reference])
-        assert np.max(np.abs(got - want)) <= tolerance[precision], (arch, precision)
+        assert np.max(np.abs(got - want)) <= tolerance[precision], (arch, name)
