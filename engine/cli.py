@@ -17,7 +17,10 @@ from .scoring import ScreenOptions
 from .shard import SHARD, SHARD_HELP
 
 #: Exit codes besides 0 (all scored or skipped), 1 (DcxError) and 2 (usage); see the help text.
-EXIT_FILE_ERRORS, EXIT_INTERRUPTED = 3, 130
+EXIT_FILE_ERRORS, EXIT_OUT_OF_DISTRIBUTION, EXIT_INTERRUPTED = 3, 4, 130
+NO_OOD_NOTICE = ("notice: this model has no out-of-distribution score (trained before dcx had one), so ood_score "
+                 "and in_distribution are empty and every image is taken as one it was trained for; "
+                 "fit one with dcx-fit-ood CHECKPOINT and export again")
 
 
 def _default_decode_threads() -> int:
@@ -97,6 +100,8 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
     Exit codes:
       0    every file scored or skipped
       3    finished, but some files are 'error' rows (the output is complete)
+      4    finished without error rows, but some images are out of distribution: the model was
+           not trained for them, so they are neither flagged nor normal (in_distribution false)
       1    fatal error (bad engine file, unwritable output, ...): nothing published
       2    bad command line
       130  interrupted: finished rows are kept in the state database; rerun to resume
@@ -150,12 +155,17 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
 
     counts = result["counts"]
     click.echo(f"{result['files']} files: {counts['ok']} ok, {counts['skipped']} skipped, "
-               f"{counts['error']} errors; {result['flagged']} flagged "
+               f"{counts['error']} errors; {result['flagged']} flagged, "
+               f"{result['out_of_distribution']} out of distribution "
                f"({result['decoded_this_run']} read this run, {result['reused_from_state']} reused from the "
                f"state database; {result['images_per_s']} img/s)")
     click.echo(f"results: {out}\nsummary: {summary}")
+    if result["ood_threshold"] is None:
+        click.echo(NO_OOD_NOTICE, err=True)
     if counts["error"]:
         raise SystemExit(EXIT_FILE_ERRORS)
+    if result["out_of_distribution"]:
+        raise SystemExit(EXIT_OUT_OF_DISTRIBUTION)
 
 
 def _default_batch_size(device: str) -> int:

@@ -258,9 +258,14 @@ def test_onnx_engine_matches_the_checkpoint(trained_checkpoint, archive, tmp_pat
 @pytest.mark.parametrize("folder", ["cxr-dev", "dicom"])
 def test_shared_data_one_row_per_file_all_scored(trained_checkpoint, shared_data, tmp_path, folder):
     root = shared_data / folder
-    invoke(main, ["--engine", trained_checkpoint, root, "--out", tmp_path / "r.csv", "--no-state",
-                  "--exclude", "manifest.csv", "--exclude", "*.md"])
+    # The fixture model learnt synthetic phantoms: real films are mostly out of distribution for it
+    # (exit 4), which is the OOD score doing its job; every file is still scored.
+    result = invoke(main, ["--engine", trained_checkpoint, root, "--out", tmp_path / "r.csv", "--no-state",
+                           "--exclude", "manifest.csv", "--exclude", "*.md"], expect_exit=None)
+    assert result.exit_code in (0, 4), result.output
     rows = list(read_rows(tmp_path / "r.csv"))
+    assert all(r["ood_score"] is not None and r["in_distribution"] is not None for r in rows)
+    assert all(r["flagged"] is None for r in rows if r["in_distribution"] is False)
     expected = {p for p in expected_files(root) if not p.endswith(("manifest.csv", ".md"))}
     assert len(rows) == len(expected) and {r["path"] for r in rows} == expected
     assert [r for r in rows if r["status"] != "ok"] == []
@@ -271,8 +276,9 @@ def test_shared_data_one_row_per_file_all_scored(trained_checkpoint, shared_data
 
 def test_dicom_series_rules_and_phi_columns(trained_checkpoint, shared_data, tmp_path):
     root = shared_data / "dicom"
-    invoke(main, ["--engine", trained_checkpoint, root, "--out", tmp_path / "r.csv", "--no-state",
-                  "--include", "udacity__*", "--series-rules", "--include-phi"])
+    result = invoke(main, ["--engine", trained_checkpoint, root, "--out", tmp_path / "r.csv", "--no-state",
+                           "--include", "udacity__*", "--series-rules", "--include-phi"], expect_exit=None)
+    assert result.exit_code in (0, 4), result.output  # 4: real films are unlike the fixture's phantoms
     rows = {Path(r["path"]).name: r for r in read_rows(tmp_path / "r.csv")}
     assert len(rows) == 6 and "patient_id" in rows["udacity__test1.dcm"]
     for name in ("udacity__test4.dcm", "udacity__test5.dcm"):  # BodyPart RIBCAGE, Modality CT
