@@ -304,3 +304,33 @@ def test_progress_line_shows_rate_and_eta(archive, monkeypatch):
     progress.close()
     line = stderr.getvalue()
     assert f"5/{len(expected_files(archive))} files" in line and "img/s" in line and "ETA 0:" in line
+
+
+def test_images_unlike_the_training_data_are_counted_apart(trained_run, tmp_path):
+    """Phantoms from the held-out split stay in distribution; noise and inverted phantoms do
+    not: they are never flagged, the summary counts them, and dcx-infer exits 4."""
+    import numpy as np
+    from PIL import Image
+
+    from dcx.train.data import read_samples
+
+    work = tmp_path / "mixed"
+    work.mkdir()
+    films = [s.path for s in read_samples(trained_run / "splits" / "test.csv")][:6]
+    for i, film in enumerate(films):
+        shutil.copy(film, work / f"film{i}{Path(film).suffix}")
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (128, 128), dtype=np.uint8)).save(work / f"noise{i}.png")
+    for i, film in enumerate(films[:2]):
+        pixels = np.asarray(Image.open(film).convert("L"))
+        Image.fromarray(255 - pixels).save(work / f"inverted{i}.png")
+    rows, summary = run_infer(trained_run / "best.pt", work, tmp_path / "r.csv", "--no-state", expect_exit=4)
+    rows = {Path(r["path"]).name.split(".")[0]: r for r in rows}
+    unusual = [r for name, r in rows.items() if name.startswith(("noise", "inverted"))]
+    assert all(r["in_distribution"] is False and r["flagged"] is None and r["p_positive"] is not None
+               for r in unusual)
+    assert sum(r["in_distribution"] for name, r in rows.items() if name.startswith("film")) >= 5
+    assert summary["out_of_distribution"] == sum(r["in_distribution"] is False for r in rows.values())
+    assert summary["flagged"] == sum(bool(r["flagged"]) for r in rows.values())
+    assert summary["ood_threshold"] > 0
