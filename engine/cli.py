@@ -77,7 +77,9 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
          state, no_state, heatmaps, include_phi, series_rules, summary, force, shard, site_file, ray_address, ray_timeout):
     """Screen ARCHIVE (a folder, searched recursively, or one file) and write one row per file:
     DICOM UIDs, per-class probabilities, the positive-class probability, flagged
-    (p_positive >= the model's threshold), and status ok / skipped / error with the reason.
+    (p_positive >= the model's threshold), the out-of-distribution score and in_distribution,
+    and status ok / skipped / error with the reason. An image out of distribution (the model
+    was not trained for anything like it) is neither flagged nor normal: flagged stays empty.
 
     Formats are recognised by content (JPEG, PNG, TIFF, BMP, WebP, JPEG 2000, DICOM with or
     without extension); hidden files are skipped; anything else gets an 'error' row.
