@@ -25,7 +25,7 @@ from dcx.engine.cli import main as infer
 from dcx.engine.results import RowSchema, open_writer, read_rows
 from dcx.export.cli import main as export
 from dcx.report.cli import main as report
-from dcx.train import drift
+from dcx.core import drift
 from dcx.train.calibrate_cli import main as calibrate
 from dcx.core.card import load_checkpoint
 from dcx.train.synth_cli import main as synth
