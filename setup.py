@@ -65,6 +65,7 @@ setup(
             "dcx-synth=dcx.train.synth_cli:main",
             "dcx-train=dcx.train.train_cli:main",
             "dcx-eval=dcx.train.eval_cli:main",
+            "dcx-fit-ood=dcx.train.ood_cli:main",
             "dcx-calibrate=dcx.train.calibrate_cli:main",
             "dcx-export=dcx.export.cli:main",
             "dcx-infer=dcx.engine.cli:main",

@@ -12,11 +12,13 @@ import click
 from dcx.core.errors import DcxError, Group
 from dcx.core.models import list_models
 from dcx.core.progress import clock
+from dcx.train.data import read_samples
 
 from . import arch_cost
 from . import gpu_check as gc
 from . import report as rep
 from .archive import MODES, replicate
+from .ood_eval import evaluate as evaluate_ood, markdown as ood_markdown
 from .model_bench import bench_model_file, expand_engines, markdown as model_markdown
 from .parity import markdown as parity_markdown, measure_parity, plot_roc, write_per_image
 from .peer_baseline import run_peer
@@ -328,3 +330,30 @@ def gpu_check(out, e2e_files, only, force):
     click.echo(f"{out / 'gpu-check.json'}: " + ", ".join(f"{v} {k}" for k, v in report["summary"].items()))
     if report["summary"]["fail"] or report["summary"]["error"]:
         sys.exit(1)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Held-out in-distribution images: a split manifest (e.g. RUN/splits/test.csv) or class folders.")
+@click.option("--n", default=60, show_default=True, type=click.IntRange(1), help="Images per generated family.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report here.")
+@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), help="Write the Markdown table here.")
+@click.option("--force", is_flag=True, help="Overwrite existing report files.")
+def ood(checkpoint, data, n, seed, out, markdown, force):
+    """AUROC of the OOD score (and of the energy and feature-norm alternatives) for held-out
+    in-distribution films vs images no one trained on: generated natural-scene stand-ins,
+    noise, gradients, text, CT-like slices, and the films flipped, rotated, inverted or
+    rotated and cropped (a lateral-film stand-in); plus the share of each marked OOD.
+
+    \b
+    Example:
+      dcx-bench ood runs/r18/best.pt --data runs/r18/splits/test.csv --markdown ood.md
+    """
+    rep.check_writable(out, markdown, force=force)
+    report = {"kind": "ood", "created": rep.stamp(), "machine": rep.machine(),
+              **evaluate_ood(checkpoint, [s.path for s in read_samples(data)], n=n, seed=seed)}
+    text = ood_markdown(report)
+    rep.write_reports(report, out, markdown, text)
+    click.echo(text)

@@ -19,7 +19,7 @@ from dcx.engine.results import read_rows
 from .measure import ChildRun, python_child, run_child
 
 #: dcx-infer exit codes that still mean "the run finished and wrote every row".
-FINISHED = (0, 3)
+FINISHED = (0, 3, 4)  # 4: some images out of distribution
 
 
 def cli_command(module: str, prog: str, *args) -> list[str]:

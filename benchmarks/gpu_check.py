@@ -219,7 +219,7 @@ def onnx_export(ctx: Context) -> dict:
     with torch.no_grad():
         reference = model.scores_and_cam(x, card.positive_index)[0].numpy()
     with open_backend(path, device="cpu") as backend:
-        probs, _ = backend.infer(x)
+        probs, _, _ = backend.infer(x)
     diff = float(np.abs(probs - reference).max())
     return _verdict(diff <= 1e-4, {"torch": torch.__version__, "max_abs_prob_diff": diff},
                     "ONNX Runtime (CPU) within 1e-4 of torch, dcx-export's own bound")
@@ -346,9 +346,9 @@ def onnxruntime_cuda(ctx: Context) -> dict:
                    "pip install 'dcx[gpu]'")
     x = ctx.batch()
     with open_backend(ctx.onnx(), device="cpu") as cpu:
-        reference, _ = cpu.infer(x)
+        reference, _, _ = cpu.infer(x)
     with open_backend(ctx.onnx(), device="cuda") as cuda:  # DcxError if the provider fell back
-        probs, _ = cuda.infer(x.cuda())
+        probs, _, _ = cuda.infer(x.cuda())
         device = str(cuda.device)
     diff = float(np.abs(probs - reference).max())
     return _verdict(diff <= PROB_TOL, {"device": device, "max_abs_prob_diff": diff},
@@ -362,14 +362,14 @@ def tensorrt(ctx: Context) -> dict:
     if why_no_builder is None:
         x = ctx.batch()
         with open_backend(ctx.onnx(), device="cpu") as cpu:
-            reference, _ = cpu.infer(x)
+            reference, _, _ = cpu.infer(x)
         details, ok = {}, True
         for label, compatible in (("plan", False), ("version_compatible_plan", True)):
             started = time.perf_counter()
             plan = build_plan(ctx.onnx(), ctx.work / f"{label}.plan", opt_batch=4, max_batch=8,
                               timing_cache=ctx.work / "timing.cache", version_compatible=compatible)
             with open_backend(plan, device="cuda") as backend:
-                probs, _ = backend.infer(x.cuda())
+                probs, _, _ = backend.infer(x.cuda())
                 runtime = backend.runtime_kind
             diff = float(np.abs(probs - reference).max())
             details[label] = {"runtime": runtime, "max_abs_prob_diff": diff,

@@ -31,6 +31,9 @@ PRECISIONS = ("fp32", "fp16", "int8")
 #: Tensor names shared by the ONNX graph, the TensorRT plan and the engine.
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("probs", "cam")
+#: The optional third output: the out-of-distribution score (N,) of a model fitted with
+#: dcx-fit-ood or a recent dcx-train (dcx.core.models.OodScore); older artefacts lack it.
+OOD_OUTPUT = "ood"
 
 
 def sidecar_path(artefact: str | os.PathLike) -> Path:

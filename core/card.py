@@ -51,6 +51,9 @@ class ModelCard:
     data_fingerprint: str = ""
     metrics: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
+    #: How the out-of-distribution score was fitted and its threshold (dcx.train.ood); empty
+    #: for models without one.
+    ood: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.positive not in self.classes:
@@ -72,9 +75,16 @@ class ModelCard:
     def preprocess(self) -> Preprocess:
         return Preprocess(self.input_size, self.resize, self.interpolation, self.pad_value)
 
+    @property
+    def ood_threshold(self) -> float | None:
+        """Scores above this are out of distribution; None when the model has no OOD score."""
+        return float(self.ood["threshold"]) if self.ood.get("threshold") is not None else None
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if not self.ood:
+            del d["ood"]  # cards from before the OOD score keep their model_id
         return d
 
     def to_json(self) -> str:
@@ -120,6 +130,8 @@ def build_model(card: ModelCard, state_dict: dict, source: str | os.PathLike = "
     eval mode on the CPU; a one-line error when the weights do not fit the card."""
     model = create_model(card.arch, len(card.classes), mean=card.mean, std=card.std)
     normalisation = {k: v.clone() for k, v in model.state_dict().items() if k in ("mean", "std")}
+    if "ood.centres" in state_dict and "ood.whitening" in state_dict:
+        model.attach_ood(state_dict["ood.centres"], state_dict["ood.whitening"])
     try:
         model.load_state_dict(state_dict)
     except Exception as exc:  # mismatched keys or shapes: a card that lies about its weights

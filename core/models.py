@@ -10,6 +10,10 @@ same forward pass, in PyTorch and in every exported graph:
 - SqueezeNet: its own 1x1 conv classifier + ReLU, averaged -- its native form.
 - MobileNet v2, VGG19: the convolutional trunk is kept with its ImageNet weights and the
   ImageNet classifier (dense layers) is replaced, as in transfer learning, by the 1x1 head.
+
+A fitted model also carries :class:`OodScore` (``DcxNet.ood``): how far an image's pooled
+features lie from the training images', so the same forward pass says whether the model
+was ever trained for an image like it (fitted by :mod:`dcx.train.ood`).
 """
 from __future__ import annotations
 
@@ -72,6 +76,27 @@ register_model(ArchSpec("mobilenet_v2", tv.mobilenet_v2, tv.MobileNet_V2_Weights
 register_model(ArchSpec("vgg19", tv.vgg19, tv.VGG19_Weights.IMAGENET1K_V1, 512, lambda m: m.features))
 
 
+class OodScore(nn.Module):
+    """Out-of-distribution score of pooled features: the Mahalanobis distance to the nearest
+    class mean under one covariance shared by the classes (Lee et al., 2018), squared and
+    divided by the feature count, so in-distribution images score about 1.
+
+    The buffers hold the fit already whitened -- ``whitening`` W with W W^T = precision / C and
+    ``centres`` = class means @ W -- so the graph is one matrix product and a distance, and
+    values stay small enough for FP16 engines.
+    """
+
+    def __init__(self, centres: torch.Tensor, whitening: torch.Tensor):
+        super().__init__()
+        self.register_buffer("centres", centres.detach().float().clone())
+        self.register_buffer("whitening", whitening.detach().float().clone())
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(N, C) pooled features -> (N,) score; higher is more unusual for this model."""
+        z = pooled @ self.whitening
+        return (z.unsqueeze(1) - self.centres.unsqueeze(0)).pow(2).sum(dim=2).min(dim=1).values
+
+
 class DcxNet(nn.Module):
     """Unit-gray (N, 1, H, W) in -> logits; normalisation (the card's mean/std) lives inside."""
 
@@ -90,19 +115,40 @@ class DcxNet(nn.Module):
             self.head = nn.Sequential(nn.Dropout(p=0.5), conv, nn.ReLU(inplace=False))
         else:
             self.head = conv
+        self.ood: OodScore | None = None
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w): the last convolutional map, the input of the 1x1 head."""
+        return self.features((x.expand(-1, 3, -1, -1) - self.mean) / self.std)
+
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C): the spatial mean of :meth:`feature_map`, what the OOD score is fitted on."""
+        return self.feature_map(x).mean(dim=(2, 3))
 
     def class_maps(self, x: torch.Tensor) -> torch.Tensor:
         """(N, K, h, w) per-class evidence maps at feature resolution."""
-        x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
-        return self.head(self.features(x))
+        return self.head(self.feature_map(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.class_maps(x).mean(dim=(2, 3))
 
     def scores_and_cam(self, x: torch.Tensor, class_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Softmax probabilities (N, K) and the CAM of ``class_index`` (N, h, w): the export graph."""
-        maps = self.class_maps(x)
-        return F.softmax(maps.mean(dim=(2, 3)), dim=1), maps[:, class_index]
+        """Softmax probabilities (N, K) and the CAM of ``class_index`` (N, h, w)."""
+        return self.graph_outputs(x, class_index)[:2]
+
+    def graph_outputs(self, x: torch.Tensor, class_index: int) -> tuple[torch.Tensor, ...]:
+        """The export graph: probabilities, CAM and, once fitted, the OOD score (N,) -- all
+        from one pass over the features."""
+        features = self.feature_map(x)
+        maps = self.head(features)
+        outputs = (F.softmax(maps.mean(dim=(2, 3)), dim=1), maps[:, class_index])
+        if self.ood is not None:
+            outputs += (self.ood(features.mean(dim=(2, 3))),)
+        return outputs
+
+    def attach_ood(self, centres: torch.Tensor, whitening: torch.Tensor) -> None:
+        """Attach a fitted :class:`OodScore` (its buffers then travel in the state dict)."""
+        self.ood = OodScore(centres, whitening).to(self.mean.device)
 
     def freeze_backbone(self) -> None:
         """Train the classifier only (the Deep-COVID setting)."""

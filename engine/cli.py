@@ -22,7 +22,10 @@ from .scoring import ScreenOptions
 from .shard import SHARD, SHARD_HELP
 
 #: Exit codes besides 0 (all scored or skipped), 1 (DcxError) and 2 (usage); see the help text.
-EXIT_FILE_ERRORS, EXIT_INTERRUPTED = 3, 130
+EXIT_FILE_ERRORS, EXIT_OUT_OF_DISTRIBUTION, EXIT_INTERRUPTED = 3, 4, 130
+NO_OOD_NOTICE = ("notice: this model has no out-of-distribution score (trained before dcx had one), so ood_score "
+                 "and in_distribution are empty and every image is taken as one it was trained for; "
+                 "fit one with dcx-fit-ood CHECKPOINT and export again")
 
 
 def _default_decode_threads() -> int:
@@ -96,7 +99,9 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
          ray_timeout, modality, study_date, since, sr_to, sr_dir, ca_bundle):
     """Screen ARCHIVE (a folder, searched recursively, or one file) and write one row per file:
     DICOM UIDs, per-class probabilities, the positive-class probability, flagged
-    (p_positive >= the model's threshold), and status ok / skipped / error with the reason.
+    (p_positive >= the model's threshold), the out-of-distribution score and in_distribution,
+    and status ok / skipped / error with the reason. An image out of distribution (the model
+    was not trained for anything like it) is neither flagged nor normal: flagged stays empty.
 
     ARCHIVE may also be a DICOMweb root (http[s]://host:port/dicom-web): its CR/DX series are
     queried (QIDO-RS), retrieved (WADO-RS) and decoded like files, one row per instance.
@@ -128,6 +133,8 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
     Exit codes:
       0    every file scored or skipped
       3    finished, but some files are 'error' rows (the output is complete)
+      4    finished without error rows, but some images are out of distribution: the model was
+           not trained for them, so they are neither flagged nor normal (in_distribution false)
       1    fatal error (bad engine file, unwritable output, ...): nothing published
       2    bad command line
       130  interrupted (Ctrl-C or SIGTERM): finished rows are kept in the state database;
@@ -152,14 +159,19 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
 
     counts = result["counts"]
     click.echo(f"{result['files']} files: {counts['ok']} ok, {counts['skipped']} skipped, "
-               f"{counts['error']} errors; {result['flagged']} flagged "
+               f"{counts['error']} errors; {result['flagged']} flagged, "
+               f"{result['out_of_distribution']} out of distribution "
                f"({result['decoded_this_run']} read this run, {result['reused_from_state']} reused from the "
                f"state database; {result['images_per_s']} img/s)")
     if result.get("reports"):
         click.echo("structured reports: " + ", ".join(f"{n} {status}" for status, n in result["reports"].items()))
     click.echo(f"results: {out}\nsummary: {summary}")
+    if result["ood_threshold"] is None:
+        click.echo(NO_OOD_NOTICE, err=True)
     if counts["error"]:
         raise SystemExit(EXIT_FILE_ERRORS)
+    if result["out_of_distribution"]:
+        raise SystemExit(EXIT_OUT_OF_DISTRIBUTION)
 
 
 def _run(archive, engine, out, fmt, batch_size, decode_threads, device, include, exclude, files_from, state,

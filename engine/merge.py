@@ -58,6 +58,7 @@ class MergeReport:
     rows: int = 0
     status: Counter = field(default_factory=Counter)
     flagged: int = 0
+    out_of_distribution: int = 0
 
 
 def find_parts(inputs: Iterable[str | os.PathLike], out: str | os.PathLike | None = None) -> list[Path]:
@@ -147,6 +148,7 @@ def merge_parts(parts: list[Path], out: str | os.PathLike, *, fmt: str | None = 
             report.rows += 1
             report.status[row.get("status")] += 1
             report.flagged += bool(row.get("flagged"))
+            report.out_of_distribution += row.get("in_distribution") is False
             batch.append(row)
             if len(batch) >= WRITE_BATCH:
                 writer.write(batch)
@@ -281,4 +283,4 @@ def main(parts, out, fmt, expect_shards, force):
     report = merge_parts(find_parts(parts, out), out, fmt=fmt, expect_shards=expect_shards)
     counts = ", ".join(f"{report.status.get(s, 0)} {s}" for s in ("ok", "skipped", "error"))
     click.echo(f"merged {len(report.parts)} parts: {report.rows} files ({counts}); "
-               f"{report.flagged} flagged -> {report.out}")
+               f"{report.flagged} flagged, {report.out_of_distribution} out of distribution -> {report.out}")

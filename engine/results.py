@@ -3,14 +3,29 @@
 Columns, in order (``patient_*`` only with ``--include-phi``; ``p_<class>`` per model class):
 
     path size mtime format study_uid series_uid sop_uid accession [patient_name patient_id]
-    p_<class>... predicted p_positive flagged threshold threshold_source model_id status reason heatmap
+    p_<class>... predicted p_positive flagged threshold threshold_source ood_score in_distribution
+    model_id status reason heatmap
 
 ``status`` is ``ok`` (scored), ``skipped`` (not a radiograph to score, e.g. a DICOM structured
 report or a series rule) or ``error`` (could not be scored); ``reason`` says why for the
 last two, and on an ``ok`` row notes damage the decoder forgave (``damaged: ...``).
-``flagged`` is ``p_positive >= threshold`` (the convention of dcx.core.metrics);
-``threshold_source`` says whose threshold that is: ``card`` (the model's) or ``site`` (a
-site file of ``dcx-calibrate``, see :mod:`dcx.core.site`).
+``threshold_source`` says whose threshold ``threshold`` is: ``card`` (the model's) or ``site``
+(a site file of ``dcx-calibrate``, see :mod:`dcx.core.site`).
+
+Out of distribution. ``ood_score`` is the model's out-of-distribution score of the image
+(:class:`dcx.core.models.OodScore`: higher = less like the images the model was trained on)
+and ``in_distribution`` is ``ood_score <= `` the card's OOD threshold. The model was not
+trained for an image with ``in_distribution`` false (a CT slice, a photograph, a lateral or
+inverted film, ...), so its answer there means nothing: the row keeps its probabilities and
+``predicted`` for inspection, but ``flagged`` is left empty -- neither flagged nor counted as
+normal -- and the run summary counts such rows under ``out_of_distribution``. So:
+
+- ``flagged`` true: in distribution and ``p_positive >= threshold`` (dcx.core.metrics' convention);
+- ``flagged`` false: in distribution and below the threshold;
+- ``flagged`` empty: not scored (``skipped``/``error``) or out of distribution.
+
+A model without an OOD score (trained before it existed; fit one with ``dcx-fit-ood``) leaves
+``ood_score`` and ``in_distribution`` empty and flags every ``ok`` row as before.
 Scores are rounded to 6 decimals: finer than any model's meaningful precision, coarse
 enough to read.
 
@@ -40,8 +55,8 @@ STATUSES = ("ok", "skipped", "error")
 FILE_COLUMNS = ("path", "size", "mtime", "format")
 DICOM_COLUMNS = ("study_uid", "series_uid", "sop_uid", "accession")
 PHI_COLUMNS = ("patient_name", "patient_id")
-RESULT_COLUMNS = ("predicted", "p_positive", "flagged", "threshold", "threshold_source", "model_id", "status",
-                  "reason", "heatmap")
+RESULT_COLUMNS = ("predicted", "p_positive", "flagged", "threshold", "threshold_source", "ood_score",
+                  "in_distribution", "model_id", "status", "reason", "heatmap")
 
 DECIMALS = 6
 
@@ -50,9 +65,9 @@ def column_type(name: str) -> type:
     """Value type of a column, from its name alone (so any reader can restore types)."""
     if name == "size":
         return int
-    if name == "flagged":
+    if name in ("flagged", "in_distribution"):
         return bool
-    if name == "threshold" or name.startswith("p_"):
+    if name in ("threshold", "ood_score") or name.startswith("p_"):
         return float
     return str
 
@@ -67,6 +82,8 @@ class RowSchema:
     model_id: str
     include_phi: bool = False
     threshold_source: str = "card"
+    #: The card's OOD threshold; None for a model without an OOD score.
+    ood_threshold: float | None = None
 
     def __post_init__(self):
         if "positive" in self.classes and self.positive != "positive":
@@ -77,10 +94,12 @@ class RowSchema:
     def for_card(cls, card, include_phi: bool = False, site=None) -> "RowSchema":
         """The schema of a model card (:class:`dcx.core.card.ModelCard`); a site file
         (:class:`dcx.core.site.SiteThreshold`) replaces the card's threshold, for its model only."""
+        common = dict(classes=tuple(card.classes), positive=card.positive, model_id=card.model_id,
+                      include_phi=include_phi, ood_threshold=card.ood_threshold)
         if site is None:
-            return cls(tuple(card.classes), card.positive, float(card.threshold), card.model_id, include_phi)
+            return cls(threshold=float(card.threshold), **common)
         site.check_model(card.model_id)
-        return cls(tuple(card.classes), card.positive, float(site.threshold), card.model_id, include_phi, "site")
+        return cls(threshold=float(site.threshold), threshold_source="site", **common)
 
     @property
     def columns(self) -> list[str]:
@@ -91,9 +110,9 @@ class RowSchema:
         return cols + list(RESULT_COLUMNS)
 
     def row(self, path: str, size: int, mtime_ns: int, *, status: str, reason: str | None = None,
-            format: str | None = None, meta: dict | None = None, probs=None,
+            format: str | None = None, meta: dict | None = None, probs=None, ood_score=None,
             heatmap: str | None = None) -> dict:
-        """One result row. ``probs`` (K class probabilities) only for ``ok`` rows."""
+        """One result row. ``probs`` (K class probabilities) and ``ood_score`` only for ``ok`` rows."""
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
         meta = meta or {}
@@ -117,15 +136,19 @@ class RowSchema:
             p_positive = scores[f"p_{self.positive}"]
         row.update(scores)
         row.update(predicted=predicted, p_positive=p_positive, model_id=self.model_id, status=status,
-                   reason=reason, heatmap=heatmap)
+                   reason=reason, heatmap=heatmap,
+                   ood_score=None if ood_score is None else round(float(ood_score), DECIMALS))
         return self.apply_threshold({c: row.get(c) for c in self.columns})
 
     def apply_threshold(self, row: dict) -> dict:
-        """Set ``flagged``, ``threshold`` and ``threshold_source`` of a row from this schema, so a
-        row reused from the state database follows tonight's threshold without being rescored."""
-        p = row.get("p_positive")
-        row.update(flagged=None if p is None else p >= self.threshold, threshold=self.threshold,
-                   threshold_source=self.threshold_source)
+        """Set ``flagged``, ``threshold``, ``threshold_source`` and ``in_distribution`` of a row
+        from this schema (see the module docstring), so a row reused from the state database
+        follows tonight's threshold without being rescored."""
+        p, ood = row.get("p_positive"), row.get("ood_score")
+        in_distribution = None if ood is None or self.ood_threshold is None else ood <= self.ood_threshold
+        row.update(flagged=None if p is None or in_distribution is False else p >= self.threshold,
+                   threshold=self.threshold, threshold_source=self.threshold_source,
+                   in_distribution=in_distribution)
         return row
 
 

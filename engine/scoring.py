@@ -112,11 +112,12 @@ class Stats:
         self.transfer_syntaxes = Counter()
         self.reasons = Counter()
         self.reports = Counter()  # sr_status of the rows, "error: ..." counted as "error"
-        #: rows this run: all, decoded this run, reused from state, scored ok this run, flagged
-        self.files = self.decoded = self.reused = self.inferred = self.flagged = 0
+        #: rows this run: all, decoded this run, reused from state, scored ok this run, flagged,
+        #: out of distribution (ok rows the model was not trained for; never flagged)
+        self.files = self.decoded = self.reused = self.inferred = self.flagged = self.ood = 0
         #: p_positive histograms (dcx.core.drift): of every row, and of the rows scored this run
         self.scores_all, self.scores_new = [0] * BINS, [0] * BINS
-        self.flagged_new = 0
+        self.flagged_new = self.ood_new = 0
         self.started = time.time()
         self._t0 = time.perf_counter()
         self._cpu0 = time.process_time()
@@ -221,10 +222,10 @@ def score_chunk(chunk: Chunk, backend, schema: RowSchema, options: ScreenOptions
     if not chunk.todo:
         return rows
     batch = chunk.decoded
-    probs = cams = None
+    probs = cams = oods = None
     if len(batch.images):
         t0 = time.perf_counter()
-        probs, cams = backend.infer(batch.images)
+        probs, cams, oods = backend.infer(batch.images)
         stats.add_time("infer", time.perf_counter() - t0)
     image_of = {todo_index: k for k, todo_index in enumerate(batch.rows_of_images)}  # one image per file
     t0 = time.perf_counter()
@@ -242,7 +243,8 @@ def score_chunk(chunk: Chunk, backend, schema: RowSchema, options: ScreenOptions
             rows[file_index] = schema.row(c.path, c.size, c.mtime_ns, status="error",
                                           reason="decoder returned no image", **common)
         else:
-            row = schema.row(c.path, c.size, c.mtime_ns, status="ok", reason=outcome.note, probs=probs[k], **common)
+            row = schema.row(c.path, c.size, c.mtime_ns, status="ok", reason=outcome.note, probs=probs[k],
+                             ood_score=None if oods is None else oods[k], **common)
             if row["flagged"] and options.heatmaps:
                 row["heatmap"] = _save_heatmap(batch.images[k], cams[k], c.path, options.heatmaps)
             rows[file_index] = row
@@ -286,10 +288,12 @@ def count_rows(rows: list[dict], chunk: Chunk, stats: Stats) -> None:
     for i in chunk.todo:
         add_score(stats.scores_new, rows[i]["p_positive"])
         stats.flagged_new += bool(rows[i]["flagged"])
+        stats.ood_new += rows[i]["in_distribution"] is False
     for row in rows:
         add_score(stats.scores_all, row["p_positive"])
         stats.status[row["status"]] += 1
         stats.flagged += bool(row["flagged"])
+        stats.ood += row["in_distribution"] is False
         if row["format"]:
             stats.formats[row["format"]] += 1
         if row["reason"] and row["status"] == "error":
@@ -322,9 +326,13 @@ def run_summary(options: ScreenOptions, backend, card, stats: Stats, completed: 
         "files": stats.files,
         "counts": {s: stats.status.get(s, 0) for s in ("ok", "skipped", "error")},
         "flagged": stats.flagged,
+        # ok rows the model was not trained for: never flagged, never counted as normal
+        "out_of_distribution": stats.ood,
+        "ood_threshold": card.ood_threshold,
         "decoded_this_run": stats.decoded,
         "scored_this_run": stats.inferred,
         "flagged_this_run": stats.flagged_new,
+        "out_of_distribution_this_run": stats.ood_new,
         "reused_from_state": stats.reused,
         "images_per_s": round(stats.inferred / busy, 2) if busy > 0 else None,
         "files_per_s": round(stats.files / wall, 2) if wall > 0 else None,

@@ -5,6 +5,8 @@ The graph is :meth:`DcxNet.scores_and_cam` for the card's positive class:
 - input  ``image`` (N, 1, S, S) float32 unit gray (normalisation is inside the graph),
 - output ``probs`` (N, K) float32 softmax,
 - output ``cam``   (N, h, w) float32 class-activation map of the positive class,
+- output ``ood``   (N,) float32 out-of-distribution score, when the model has a fitted one
+  (:class:`dcx.core.models.OodScore`, its means and precision stored in the graph),
 
 with a dynamic batch dimension N. We use the TorchScript exporter (``dynamo=False``): the
 torch.export-based one needs ``onnxscript`` (not installed here) and gains nothing for these
@@ -25,20 +27,20 @@ from dcx.core.errors import DcxError
 from dcx.core.files import atomic_path, write_json
 from dcx.core.models import DcxNet
 
-from dcx.core.artefact import CARD_KEY, INPUT_NAME, OUTPUT_NAMES, PRECISION_KEY, sha256_file, sidecar_path
+from dcx.core.artefact import CARD_KEY, INPUT_NAME, OOD_OUTPUT, OUTPUT_NAMES, PRECISION_KEY, sha256_file, sidecar_path
 
 DEFAULT_OPSET = 17
 
 
-class _ScoresAndCam(torch.nn.Module):
-    """Binds the positive class index so the traced graph has exactly the two outputs."""
+class _GraphOutputs(torch.nn.Module):
+    """Binds the positive class index so the traced graph has exactly the model's outputs."""
 
     def __init__(self, model: DcxNet, class_index: int):
         super().__init__()
         self.model, self.class_index = model, class_index
 
     def forward(self, image):
-        return self.model.scores_and_cam(image, self.class_index)
+        return self.model.graph_outputs(image, self.class_index)
 
 
 def export_onnx(model: DcxNet, card: ModelCard, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET) -> Path:
@@ -50,14 +52,15 @@ def export_onnx(model: DcxNet, card: ModelCard, out: str | os.PathLike, *, opset
     was_training = model.training
     model.eval()
     example = torch.zeros(2, 1, card.input_size, card.input_size)
-    dynamic = {INPUT_NAME: {0: "N"}, **{name: {0: "N"} for name in OUTPUT_NAMES}}
+    outputs = list(OUTPUT_NAMES) + ([OOD_OUTPUT] if model.ood is not None else [])
+    dynamic = {INPUT_NAME: {0: "N"}, **{name: {0: "N"} for name in outputs}}
     try:
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             raw = Path(tmp) / "raw.onnx"
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the legacy-exporter deprecation notice
-                torch.onnx.export(_ScoresAndCam(model, card.positive_index), (example,), os.fspath(raw),
-                                  input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                torch.onnx.export(_GraphOutputs(model, card.positive_index), (example,), os.fspath(raw),
+                                  input_names=[INPUT_NAME], output_names=outputs,
                                   dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True,
                                   dynamo=False)
             proto = onnx.load(os.fspath(raw))

@@ -31,7 +31,8 @@ MIN_DECISION_AGREEMENT = 0.99
 #: The screening metrics whose delta is held to :data:`ACCURACY_TOLERANCE` (AUC is reported only).
 GATED = ("sensitivity", "specificity")
 
-Runner = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]
+#: images -> (probs, cam, ood score or None), as :meth:`dcx.engine.backends.base.Backend.infer`.
+Runner = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray, np.ndarray | None]]
 
 
 def pytorch_runner(model: DcxNet, card: ModelCard) -> Runner:
@@ -40,8 +41,8 @@ def pytorch_runner(model: DcxNet, card: ModelCard) -> Runner:
 
     def run(images: torch.Tensor):
         with torch.inference_mode():
-            probs, cam = model.scores_and_cam(images, card.positive_index)
-        return probs.numpy(), cam.numpy()
+            outputs = [t.numpy() for t in model.graph_outputs(images, card.positive_index)]
+        return outputs[0], outputs[1], outputs[2] if len(outputs) > 2 else None
 
     return run
 
@@ -55,11 +56,15 @@ def sample_images(card: ModelCard, n: int = 8, *, seed: int = 0) -> torch.Tensor
 
 
 def parity(reference: Runner, candidate: Runner, images: torch.Tensor) -> dict:
-    """max |delta p| over every class probability, and argmax agreement, of ``candidate`` vs ``reference``."""
-    ref, _ = reference(images)
-    got, _ = candidate(images)
-    return {"n": int(len(images)), **compare.delta_p(ref.ravel(), got.ravel()),
-            "argmax_agreement": float(np.mean(ref.argmax(1) == got.argmax(1)))}
+    """max |delta p| over every class probability, and argmax agreement, of ``candidate`` vs
+    ``reference``; with an OOD score, its largest relative difference too."""
+    ref, _, ref_ood = reference(images)
+    got, _, got_ood = candidate(images)
+    report = {"n": int(len(images)), **compare.delta_p(ref.ravel(), got.ravel()),
+              "argmax_agreement": float(np.mean(ref.argmax(1) == got.argmax(1)))}
+    if ref_ood is not None and got_ood is not None:
+        report["max_rel_delta_ood"] = float(np.max(np.abs(got_ood - ref_ood) / np.maximum(np.abs(ref_ood), 1e-6)))
+    return report
 
 
 def check_fp32_parity(report: dict, label: str) -> None:

@@ -36,6 +36,8 @@ _DEFAULTS = TrainConfig(data="", out="")
               help="How the operating threshold is chosen on the validation split.")
 @click.option("--target-sensitivity", type=float, default=_DEFAULTS.target_sensitivity, show_default=True,
               help="For --threshold-policy sensitivity: the highest threshold reaching this sensitivity.")
+@click.option("--ood-rejection-rate", type=float, default=_DEFAULTS.ood_rejection_rate, show_default=True,
+              help="Share of validation images the out-of-distribution threshold marks unusual.")
 @click.option("--val-fraction", type=float, default=_DEFAULTS.val_fraction, show_default=True)
 @click.option("--test-fraction", type=float, default=_DEFAULTS.test_fraction, show_default=True,
               help="Held out for dcx-eval; never seen in training or threshold choice.")

@@ -42,6 +42,7 @@ from .data import (SPLITS, EpochSampler, ImageDataset, Sample, check_trainable, 
 from dcx.core.errors import DcxError
 from dcx.core.files import usable_cores, write_json
 from dcx.core.models import create_model
+from .ood import DEFAULT_REJECTION_RATE, fit_ood
 from .presets import EvalPreset, TrainPreset
 
 BEST, LAST, CARD, HISTORY, LOG, SPLITS_DIR = "best.pt", "last.pt", "card.json", "history.jsonl", "train.log", "splits"
@@ -64,6 +65,8 @@ class TrainConfig:
     positive: str = "covid"
     threshold_policy: str = "sensitivity"
     target_sensitivity: float = 0.98
+    #: Share of validation images the OOD threshold marks out of distribution (dcx.train.ood).
+    ood_rejection_rate: float = DEFAULT_REJECTION_RATE
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
@@ -348,10 +351,12 @@ class Run:
 
     # -- operating threshold -----------------------------------------------------------------
     def finalize(self) -> Path:
-        """Choose the threshold on validation with the best weights; write it into best.pt and card.json."""
+        """Choose the threshold on validation with the best weights, fit the OOD score on the
+        training split (its threshold on validation); write both into best.pt and card.json."""
         c = self.config
         card, state_dict, _ = load_checkpoint(self.out / BEST)
-        self.model.load_state_dict(state_dict)
+        self.model.ood = None  # refitted below: a resumed, finished run finalizes again
+        self.model.load_state_dict({k: v for k, v in state_dict.items() if not k.startswith("ood.")})
         probs, targets, _, _ = predict(self.model, self.val_loader, self.device, self.amp_dtype)
         y, p = targets == self.positive_index, probs[:, self.positive_index]
         if not y.any():
@@ -368,11 +373,15 @@ class Run:
                                        # the reference for drift of nightly scores (dcx.core.drift)
                                        "score_histogram": drift.score_histogram(p.tolist())}}
         card.training.update(best_epoch=self.best_epoch, unreadable_images=len(self.unreadable))
-        save_checkpoint(self.out / BEST, state_dict, card)
+        card.ood = fit_ood(self.model, self.splits["train"], self.splits["val"], self.classes, size=c.img_size,
+                           device=self.device, batch_size=c.batch_size, rejection_rate=c.ood_rejection_rate)
+        save_checkpoint(self.out / BEST, _cpu_state(self.model), card)
         write_json(self.out / CARD, card.to_dict())
         v = card.metrics["validation"]
         self.log(f"best epoch {self.best_epoch}: val AUC {v['auc']:.4f}; threshold {threshold:.4g} ({policy}): "
                  f"sensitivity {v['sensitivity']:.3f}, specificity {v['specificity']:.3f}")
+        self.log(f"OOD score fitted on {card.ood['n_train']} training images; threshold {card.ood['threshold']:.4g} "
+                 f"marks {card.ood['val_rejected']:.1%} of validation images out of distribution")
         self.log(f"held-out test split: dcx-eval {self.out / BEST} --data {self.out / SPLITS_DIR / 'test.csv'} --out DIR")
         return self.out / BEST
 
@@ -400,6 +409,8 @@ def _read_split(path: Path) -> list[Sample]:
 def _check_config(c: TrainConfig) -> None:
     if c.epochs < 1 or c.batch_size < 1 or c.img_size < 16 or c.lr <= 0:
         raise DcxError("--epochs and --batch-size must be at least 1, --img-size at least 16, --lr positive")
+    if not 0 < c.ood_rejection_rate < 1:
+        raise DcxError(f"--ood-rejection-rate {c.ood_rejection_rate} must be in (0, 1)")
     if not 0 < c.target_sensitivity <= 1:
         raise DcxError(f"--target-sensitivity {c.target_sensitivity} must be in (0, 1]")
     torch_device(c.device)

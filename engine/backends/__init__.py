@@ -15,7 +15,7 @@ Example::
     from dcx.engine.backends import open_backend
 
     with open_backend("runs/r18/model.onnx", device="cpu") as backend:
-        probs, cam = backend.infer(batch)  # batch: (N, 1, S, S) float32, S = backend.card.input_size
+        probs, cam, ood = backend.infer(batch)  # ood: None without a fitted OOD score; batch: (N, 1, S, S) float32, S = backend.card.input_size
 
 Each backend module is imported only when its file type is opened, so TensorRT (and its
 CUDA libraries) is never loaded on a machine that serves ONNX.

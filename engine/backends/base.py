@@ -3,9 +3,9 @@
 A backend is opened on a model file, serves ``infer`` calls, and is closed -- best as a
 context manager. Whatever runs underneath (TensorRT, ONNX Runtime, PyTorch), a call takes
 the preprocessed batch of :mod:`dcx.core.preprocess` and returns the outputs of
-:meth:`dcx.core.models.DcxNet.scores_and_cam`: softmax probabilities and the positive
-class's activation map, as float32 NumPy arrays. The engine never needs to know which
-backend it talks to.
+:meth:`dcx.core.models.DcxNet.graph_outputs`: softmax probabilities, the positive
+class's activation map and the out-of-distribution score (None for a model exported before
+it existed), as float32 NumPy arrays. The engine never needs to know which backend it talks to.
 """
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ class Backend(abc.ABC):
     max_batch: int | None = None
     _closed: bool = False
 
-    def infer(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 1, S, S) float32 unit-gray batch -> (probs (N, K), cam (N, h, w)), float32."""
+    def infer(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(N, 1, S, S) float32 unit-gray batch -> (probs (N, K), cam (N, h, w), ood (N,) or None), float32."""
         if self._closed:
             raise RuntimeError(f"the {self.name} backend is closed")
         size = self.card.input_size
@@ -54,10 +54,10 @@ class Backend(abc.ABC):
         if len(images) <= step:
             return self._infer(images)
         parts = [self._infer(images[i : i + step]) for i in range(0, len(images), step)]
-        return np.concatenate([p for p, _ in parts]), np.concatenate([c for _, c in parts])
+        return tuple(None if part[0] is None else np.concatenate(part) for part in zip(*parts))
 
     @abc.abstractmethod
-    def _infer(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _infer(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """One run on a batch of at most ``max_batch`` validated images."""
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ import os
 import numpy as np
 import torch
 
-from dcx.core.artefact import INPUT_NAME, OUTPUT_NAMES, read_card, read_precision
+from dcx.core.artefact import INPUT_NAME, OOD_OUTPUT, OUTPUT_NAMES, read_card, read_precision
 from dcx.core.errors import DcxError
 from dcx.core.files import usable_cores
 
@@ -67,19 +67,20 @@ class OnnxRuntimeBackend(Backend):
             raise DcxError(f"{path}: the graph takes {inputs[0].shape[1:]} images, its model card says "
                            f"{list(expected)}: the card does not belong to this model")
         self._np_dtype, self._torch_dtype = _TENSOR_TYPES[inputs[0].type]
+        self._outputs = list(OUTPUT_NAMES) + ([OOD_OUTPUT] if OOD_OUTPUT in outputs else [])
 
-    def _infer(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _infer(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         x = images.to(self.device, self._torch_dtype).contiguous()
         if x.is_cuda:  # ONNX Runtime reads on its own stream: the batch must be complete first
             torch.cuda.current_stream(self.device).synchronize()
         binding = self.session.io_binding()
         binding.bind_input(INPUT_NAME, self.device.type, self.device.index or 0, self._np_dtype,
                            tuple(x.shape), x.data_ptr())
-        for name in OUTPUT_NAMES:
+        for name in self._outputs:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
-        probs, cam = binding.copy_outputs_to_cpu()
-        return probs.astype(np.float32, copy=False), cam.astype(np.float32, copy=False)
+        outputs = [o.astype(np.float32, copy=False) for o in binding.copy_outputs_to_cpu()]
+        return outputs[0], outputs[1], outputs[2] if len(outputs) > 2 else None
 
     def _release(self) -> None:
         del self.session

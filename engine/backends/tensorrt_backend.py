@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dcx.core.artefact import INPUT_NAME, OUTPUT_NAMES, read_card, read_sidecar
+from dcx.core.artefact import INPUT_NAME, OOD_OUTPUT, OUTPUT_NAMES, read_card, read_sidecar
 from dcx.core.errors import DcxError
 
 from .base import Backend
@@ -68,6 +68,7 @@ class TensorRTBackend(Backend):
         if inputs != [INPUT_NAME] or not set(OUTPUT_NAMES) <= set(names):
             raise DcxError(f"{path}: expected input {INPUT_NAME!r} and outputs {', '.join(OUTPUT_NAMES)}; "
                            f"the plan has {names}")
+        self._outputs = list(OUTPUT_NAMES) + ([OOD_OUTPUT] if OOD_OUTPUT in names else [])
 
     def _allocate(self, trt) -> dict[str, torch.Tensor]:
         """One buffer per I/O tensor, shaped for the profile's largest batch."""
@@ -75,7 +76,7 @@ class TensorRTBackend(Backend):
         size = self.card.input_size
         self._context.set_input_shape(INPUT_NAME, (self.max_batch, 1, size, size))
         buffers = {}
-        for name in (INPUT_NAME, *OUTPUT_NAMES):
+        for name in (INPUT_NAME, *self._outputs):
             dtype = dtypes.get(self._engine.get_tensor_dtype(name))
             if dtype is None:
                 raise DcxError(f"plan tensor {name!r} has type {self._engine.get_tensor_dtype(name)}; "
@@ -84,7 +85,7 @@ class TensorRTBackend(Backend):
             buffers[name] = torch.empty(shape, dtype=dtype, device=self.device)
         return buffers
 
-    def _infer(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _infer(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         n = len(images)
         rows = max(n, self._min_batch)  # a profile may demand more rows; the extra ones are ignored
         size = self.card.input_size
@@ -98,9 +99,9 @@ class TensorRTBackend(Backend):
                 self._context.set_tensor_address(name, buffer[:rows].data_ptr())
             if not self._context.execute_async_v3(self._stream.cuda_stream):
                 raise RuntimeError("TensorRT execute_async_v3 failed; see the TensorRT log above")
-            probs, cam = (self._buffers[name][:n].float().to("cpu", non_blocking=False) for name in OUTPUT_NAMES)
+            outputs = [self._buffers[name][:n].float().to("cpu", non_blocking=False) for name in self._outputs]
         self._stream.synchronize()
-        return probs.numpy(), cam.numpy()
+        return outputs[0].numpy(), outputs[1].numpy(), outputs[2].numpy() if len(outputs) > 2 else None
 
     def _release(self) -> None:
         self._stream.synchronize()

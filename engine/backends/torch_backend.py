@@ -1,6 +1,6 @@
 """The PyTorch reference backend: a ``dcx-train`` checkpoint (``.pt``) served as is.
 
-It runs :meth:`DcxNet.scores_and_cam`, the very graph that export writes to ONNX and
+It runs :meth:`DcxNet.graph_outputs`, the very graph that export writes to ONNX and
 TensorRT, so every backend returns the same probabilities and the same activation map.
 
 **Why no separate Grad-CAM.** The heads of all dcx models are a 1x1 convolution over the last
@@ -39,11 +39,11 @@ class TorchBackend(Backend):
             torch.set_num_threads(threads)  # process-wide: PyTorch has no per-model pool
         self.model = model.to(self.device)
 
-    def _infer(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _infer(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         with torch.inference_mode():
-            probs, cam = self.model.scores_and_cam(images.to(self.device, non_blocking=True),
-                                                   self.card.positive_index)
-        return probs.float().cpu().numpy(), cam.float().cpu().numpy()
+            outputs = self.model.graph_outputs(images.to(self.device, non_blocking=True), self.card.positive_index)
+        outputs = [t.float().cpu().numpy() for t in outputs]
+        return outputs[0], outputs[1], outputs[2] if len(outputs) > 2 else None
 
     def _release(self) -> None:
         del self.model

@@ -65,7 +65,8 @@ def test_long_commands_log_progress_when_stderr_is_a_file(command, monkeypatch, 
     if command == "infer":
         from dcx.engine.cli import main
         result = invoke(main, ["--engine", trained_checkpoint, synth_archive, "--exclude", "manifest.csv",
-                               "--exclude", "masks.npz", "--out", tmp_path / "r.csv", "--batch-size", 16])
+                               "--exclude", "masks.npz", "--out", tmp_path / "r.csv", "--batch-size", 16], expect_exit=None)
+        assert result.exit_code in (0, 4), result.output  # 4: some images out of distribution
         prefix = "dcx-infer: "
     else:
         from dcx.train.train_cli import main

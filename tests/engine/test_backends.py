@@ -1,7 +1,7 @@
 """Every backend behind open_backend: same card, same scores, same CAM, clean failures.
 
-One small random-weight resnet18 at 64 px is saved as a dcx checkpoint and exported to ONNX
-with the real exporter; each backend present on this machine serves it and is compared with
+One small random-weight resnet18 at 64 px, with an OOD score fitted on random images, is
+saved as a dcx checkpoint and exported to ONNX with the real exporter; each backend present on this machine serves it and is compared with
 the model itself. The TensorRT case needs an NVIDIA GPU and the ``tensorrt`` module.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dcx.core.errors import DcxError
 from dcx.core.models import create_model
 from dcx.engine.backends import open_backend
 from dcx.export.onnx_export import export_onnx, save_onnx_artefact
+from dcx.train.ood import shared_gaussians, whitened
 
 SIZE = 64
 #: Largest |delta p| allowed against the PyTorch model: the issue's 1e-4 for ONNX Runtime FP32;
@@ -34,6 +35,10 @@ def model_files(tmp_path_factory):
     card = ModelCard(arch="resnet18", classes=["covid", "normal", "pneumonia"], positive="covid",
                      threshold=0.4, input_size=SIZE)
     model = create_model(card.arch, len(card.classes)).eval()
+    with torch.no_grad():
+        features = model.pooled_features(torch.rand(40, 1, SIZE, SIZE)).double().numpy()
+    model.attach_ood(*whitened(*shared_gaussians(features, np.arange(40) % 3, 3)))
+    card.ood = {"threshold": 2.0}
     files = {"pt": save_checkpoint(out / "model.pt", model.state_dict(), card),
              "onnx": export_onnx(model, card, out / "model.onnx")}
     return card, model, files
@@ -65,8 +70,7 @@ def images():
 
 def _reference(model, card, images):
     with torch.no_grad():
-        probs, cam = model.scores_and_cam(images, card.positive_index)
-    return probs.numpy(), cam.numpy()
+        return tuple(t.numpy() for t in model.graph_outputs(images, card.positive_index))
 
 
 def test_backend_serves_the_model_card(backend, model_files):
@@ -82,8 +86,9 @@ def test_file_extension_picks_the_backend(model_files, kind, name):
         assert backend.name == name and backend.device == torch.device("cpu")
 
 
-def test_outputs_are_probabilities_and_a_cam(backend, images):
-    probs, cam = backend.infer(images)
+def test_outputs_are_probabilities_a_cam_and_an_ood_score(backend, images):
+    probs, cam, ood = backend.infer(images)
+    assert ood.shape == (7,) and ood.dtype == np.float32 and (ood >= 0).all()
     assert probs.shape == (7, 3) and probs.dtype == np.float32
     assert cam.shape == (7, SIZE // 32, SIZE // 32) and cam.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
@@ -92,12 +97,27 @@ def test_outputs_are_probabilities_and_a_cam(backend, images):
 
 def test_scores_and_cam_match_the_pytorch_model(backend, model_files, images):
     card, model, _ = model_files
-    ref_probs, ref_cam = _reference(model, card, images)
+    ref_probs, ref_cam, ref_ood = _reference(model, card, images)
     assert ref_probs.std() > 0.02, "reference probabilities are too uniform to compare meaningfully"
-    probs, cam = backend.infer(images)
+    probs, cam, ood = backend.infer(images)
     bound = PROB_TOLERANCE[backend.name]
     assert np.abs(probs - ref_probs).max() <= bound
     assert np.abs(cam - ref_cam).max() <= bound * 10 * max(1.0, np.abs(ref_cam).max())
+    assert ref_ood.std() > 0, "reference OOD scores are constant"
+    np.testing.assert_allclose(ood, ref_ood, rtol=bound * 10, atol=bound * 10)
+
+
+@pytest.mark.parametrize("kind", ["pt", "onnx"])
+def test_a_model_without_ood_score_still_serves(kind, tmp_path, images):
+    """Checkpoints and artefacts from before the OOD score: no third output, same card id."""
+    card = ModelCard(arch="resnet18", classes=["covid", "normal", "pneumonia"], positive="covid", input_size=SIZE)
+    assert "ood" not in card.to_dict()
+    model = create_model(card.arch, len(card.classes)).eval()
+    path = (save_checkpoint(tmp_path / "old.pt", model.state_dict(), card) if kind == "pt"
+            else export_onnx(model, card, tmp_path / "old.onnx"))
+    with open_backend(path, device="cpu") as backend:
+        probs, cam, ood = backend.infer(images)
+    assert ood is None and probs.shape == (7, 3)
 
 
 def test_batches_above_max_batch_are_split(backend, images):
@@ -113,7 +133,7 @@ def test_batches_above_the_plan_profile_are_split(backend, model_files):
         pytest.skip(f"{backend.name} takes any batch size")
     card, model, _ = model_files
     images = torch.rand(2 * backend.max_batch + 1, 1, SIZE, SIZE)
-    probs, _ = backend.infer(images)
+    probs, _, _ = backend.infer(images)
     assert np.abs(probs - _reference(model, card, images)[0]).max() <= PROB_TOLERANCE[backend.name]
 
 
@@ -141,8 +161,9 @@ def test_fp16_onnx_artefact_reports_its_precision(model_files, images, tmp_path)
     card, model, files = model_files
     fp16 = save_onnx_artefact(to_fp16(onnx.load(files["onnx"])), card, "fp16", tmp_path / "model.fp16.onnx")
     with open_backend(fp16, device="cpu") as backend:
-        probs, _ = backend.infer(images)
+        probs, _, ood = backend.infer(images)
     assert backend.precision == "fp16"
+    np.testing.assert_allclose(ood, _reference(model, card, images)[2], rtol=2e-2)
     assert np.abs(probs - _reference(model, card, images)[0]).max() <= 1e-2
 
 
@@ -159,7 +180,7 @@ def test_onnxruntime_matches_pytorch_on_real_radiographs(shared_data, model_file
     paths = [sorted((shared_data / "cxr-dev" / label).iterdir())[:3] for label in ("covid", "normal", "other_pneumonia")]
     batch = torch.stack([card.preprocess()(read_unit_gray(p)) for group in paths for p in group])
     with open_backend(files["pt"], device="cpu") as reference, open_backend(files["onnx"], device="cpu") as onnx:
-        (p_ref, cam_ref), (p_onnx, cam_onnx) = reference.infer(batch), onnx.infer(batch)
+        (p_ref, cam_ref, _), (p_onnx, cam_onnx, _) = reference.infer(batch), onnx.infer(batch)
     assert np.abs(p_onnx - p_ref).max() <= 1e-4
     np.testing.assert_allclose(cam_onnx, cam_ref, atol=1e-4 * max(1.0, np.abs(cam_ref).max()))
 
@@ -168,7 +189,7 @@ def test_grad_cam_is_the_cam_less_the_class_bias(model_files, images):
     """The identity the PyTorch backend's docstring relies on, checked against autograd."""
     card, model, _ = model_files
     c = card.positive_index
-    _, cam = _reference(model, card, images)
+    _, cam, _ = _reference(model, card, images)
     x = (images.expand(-1, 3, -1, -1) - model.mean) / model.std
     features = model.features(x).detach().requires_grad_(True)
     logit = model.head(features).mean(dim=(2, 3))[:, c]

@@ -262,9 +262,14 @@ def test_onnx_engine_matches_the_checkpoint(trained_checkpoint, archive, tmp_pat
 @pytest.mark.parametrize("folder", ["cxr-dev", "dicom"])
 def test_shared_data_one_row_per_file_all_scored(trained_checkpoint, shared_data, tmp_path, folder):
     root = shared_data / folder
-    invoke(main, ["--engine", trained_checkpoint, root, "--out", tmp_path / "r.csv", "--no-state",
-                  "--exclude", "manifest.csv", "--exclude", "*.md"])
+    # The fixture model learnt synthetic phantoms: real films are mostly out of distribution for it
+    # (exit 4), which is the OOD score doing its job; every file is still scored.
+    result = invoke(main, ["--engine", trained_checkpoint, root, "--out", tmp_path / "r.csv", "--no-state",
+                           "--exclude", "manifest.csv", "--exclude", "*.md"], expect_exit=None)
+    assert result.exit_code in (0, 4), result.output
     rows = list(read_rows(tmp_path / "r.csv"))
+    assert all(r["ood_score"] is not None and r["in_distribution"] is not None for r in rows)
+    assert all(r["flagged"] is None for r in rows if r["in_distribution"] is False)
     expected = {p for p in expected_files(root) if not p.endswith(("manifest.csv", ".md"))}
     assert len(rows) == len(expected) and {r["path"] for r in rows} == expected
     assert [r for r in rows if r["status"] != "ok"] == []
@@ -275,8 +280,9 @@ def test_shared_data_one_row_per_file_all_scored(trained_checkpoint, shared_data
 
 def test_dicom_series_rules_and_phi_columns(trained_checkpoint, shared_data, tmp_path):
     root = shared_data / "dicom"
-    invoke(main, ["--engine", trained_checkpoint, root, "--out", tmp_path / "r.csv", "--no-state",
-                  "--include", "udacity__*", "--series-rules", "--include-phi"])
+    result = invoke(main, ["--engine", trained_checkpoint, root, "--out", tmp_path / "r.csv", "--no-state",
+                           "--include", "udacity__*", "--series-rules", "--include-phi"], expect_exit=None)
+    assert result.exit_code in (0, 4), result.output  # 4: real films are unlike the fixture's phantoms
     rows = {Path(r["path"]).name: r for r in read_rows(tmp_path / "r.csv")}
     assert len(rows) == 6 and "patient_id" in rows["udacity__test1.dcm"]
     for name in ("udacity__test4.dcm", "udacity__test5.dcm"):  # BodyPart RIBCAGE, Modality CT
@@ -302,3 +308,33 @@ def test_progress_line_shows_rate_and_eta(archive, monkeypatch):
     progress.close()
     line = stderr.getvalue()
     assert f"5/{len(expected_files(archive))} files" in line and "img/s" in line and "ETA 0:" in line
+
+
+def test_images_unlike_the_training_data_are_counted_apart(trained_run, tmp_path):
+    """Phantoms from the held-out split stay in distribution; noise and inverted phantoms do
+    not: they are never flagged, the summary counts them, and dcx-infer exits 4."""
+    import numpy as np
+    from PIL import Image
+
+    from dcx.train.data import read_samples
+
+    work = tmp_path / "mixed"
+    work.mkdir()
+    films = [s.path for s in read_samples(trained_run / "splits" / "test.csv")][:6]
+    for i, film in enumerate(films):
+        shutil.copy(film, work / f"film{i}{Path(film).suffix}")
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (128, 128), dtype=np.uint8)).save(work / f"noise{i}.png")
+    for i, film in enumerate(films[:2]):
+        pixels = np.asarray(Image.open(film).convert("L"))
+        Image.fromarray(255 - pixels).save(work / f"inverted{i}.png")
+    rows, summary = run_infer(trained_run / "best.pt", work, tmp_path / "r.csv", "--no-state", expect_exit=4)
+    rows = {Path(r["path"]).name.split(".")[0]: r for r in rows}
+    unusual = [r for name, r in rows.items() if name.startswith(("noise", "inverted"))]
+    assert all(r["in_distribution"] is False and r["flagged"] is None and r["p_positive"] is not None
+               for r in unusual)
+    assert sum(r["in_distribution"] for name, r in rows.items() if name.startswith("film")) >= 5
+    assert summary["out_of_distribution"] == sum(r["in_distribution"] is False for r in rows.values())
+    assert summary["flagged"] == sum(bool(r["flagged"]) for r in rows.values())
+    assert summary["ood_threshold"] > 0

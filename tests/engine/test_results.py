@@ -131,3 +131,26 @@ def test_unwritable_output_is_a_clear_error(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(DcxError, match="cannot write"):
         open_writer(tmp_path / "afile" / "r.csv", SCHEMA.columns)
+
+
+def test_out_of_distribution_rows_are_never_flagged(tmp_path):
+    """flagged: true/false only in distribution; empty when out of distribution or unscored."""
+    schema = RowSchema(("covid", "normal", "pneumonia"), "covid", 0.3, "abc123def456", ood_threshold=2.0)
+    usual = schema.row("a.png", 1, 1, status="ok", probs=[0.9, 0.05, 0.05], ood_score=1.2)
+    unusual = schema.row("b.png", 1, 1, status="ok", probs=[0.9, 0.05, 0.05], ood_score=7.5)
+    edge = schema.row("c.png", 1, 1, status="ok", probs=[0.1, 0.8, 0.1], ood_score=2.0)
+    assert usual["in_distribution"] is True and usual["flagged"] is True
+    assert unusual["in_distribution"] is False and unusual["flagged"] is None
+    assert unusual["p_covid"] == 0.9 and unusual["predicted"] == "covid"  # kept for inspection
+    assert edge["in_distribution"] is True and edge["flagged"] is False
+    out = tmp_path / "r.csv"
+    with open_writer(out, schema.columns) as writer:
+        writer.write([usual, unusual])
+        writer.commit()
+    back = list(read_rows(out))
+    assert back[1]["in_distribution"] is False and back[1]["ood_score"] == 7.5 and back[1]["flagged"] is None
+
+
+def test_a_model_without_ood_score_leaves_the_columns_empty():
+    row = SCHEMA.row("a.png", 1, 1, status="ok", probs=[0.9, 0.05, 0.05])
+    assert row["ood_score"] is None and row["in_distribution"] is None and row["flagged"] is True

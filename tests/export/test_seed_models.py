@@ -23,7 +23,7 @@ def seed_run(request, synth_archive, tmp_path_factory):
 
 def _screen(engine, archive, out):
     invoke(infer, ["--engine", engine, archive, "--exclude", "manifest.csv", "--exclude", "masks.npz",
-                   "--out", out, "--no-state", "--device", "cpu"])
+                   "--out", out, "--no-state", "--device", "cpu"], expect_exit=None)  # 4 when some images are out of distribution
     return {row["path"]: row for row in read_rows(out)}
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import invoke
 from dcx.core import metrics
-from dcx.core.card import ModelCard
+from dcx.core.card import build_model, ModelCard
 from dcx.core.errors import DcxError
 from dcx.train.evaluate import summarize, sweep_markdown
 from dcx.core.files import write_json
@@ -159,8 +159,7 @@ def test_eval_probabilities_equal_the_model_on_the_contract(test_eval, trained_c
 
     out, _ = test_eval
     card, state, _ = load_checkpoint(trained_checkpoint)
-    model = create_model(card.arch, len(card.classes))
-    model.load_state_dict(state)
+    model = build_model(card, state)  # with the OOD score's buffers that dcx-train fitted
     model.eval()
     rows = _rows(out / "predictions.csv")[:3]
     x = torch.stack([card.preprocess()(read_unit_gray(r["path"])) for r in rows])

@@ -10,7 +10,7 @@ import torch
 
 from conftest import invoke
 from dcx.train import trainer
-from dcx.core.card import ModelCard, load_checkpoint, save_checkpoint
+from dcx.core.card import build_model, ModelCard, load_checkpoint, save_checkpoint
 from dcx.train.data import read_samples
 from dcx.core.metrics import operating_point
 from dcx.core.models import create_model, list_models
@@ -85,8 +85,7 @@ def test_cli_run_folder_card_and_threshold(trained_run):
     assert (t["epochs"], t["weights"], t["freeze_backbone"], t["seed"]) == (3, "none", False, 0)
 
     # The threshold is the one the card claims: recompute validation probabilities with the weights.
-    model = create_model(card.arch, len(card.classes))
-    model.load_state_dict(state)
+    model = build_model(card, state)  # with the OOD score's buffers that dcx-train fitted
     model.eval()
     from dcx.train.presets import EvalPreset
     from dcx.core.reader import read_unit_gray
@@ -176,8 +175,7 @@ def test_cuda_training_uses_mixed_precision_and_saves_portable_weights(tmp_path)
     card, state, _ = load_checkpoint(run / "best.pt")
     assert card.training["precision"] in ("bfloat16", "float16")
     assert all(t.device.type == "cpu" for t in state.values())
-    model = create_model(card.arch, len(card.classes))
-    model.load_state_dict(state)
+    model = build_model(card, state)  # with the OOD score's buffers that dcx-train fitted
 
 
 def test_best_epoch_is_highest_val_auc_then_lowest_val_loss(trained_run):
