@@ -75,6 +75,11 @@ def _default_decode_threads() -> int:
               help="Flag with this site's threshold (a dcx-calibrate file for this very model) instead of "
                    "the model card's; rows say which in threshold_source.")
 @click.option("--shard", type=SHARD, help=SHARD_HELP)
+@click.option("--ood-exit", is_flag=True,
+              help="Exit 4 when the run has no error rows but some images are out of distribution (the "
+                   "model was not trained for them). Off by default: such images are common in real "
+                   "archives (laterals, CT scouts), are counted in the summary and the last line, and "
+                   "should not page anyone every night.")
 @click.option("--modality", default="CR,DX", show_default=True, metavar="LIST",
               help="DICOMweb: screen series of these modalities (comma-separated; 'any' for all).")
 @click.option("--study-date", metavar="RANGE",
@@ -95,8 +100,8 @@ def _default_decode_threads() -> int:
 @click.option("--ray-timeout", default=600.0, show_default=True, type=click.FloatRange(min=1),
               metavar="SECONDS", help="With --ray: stop with an error when no batch finishes for this long.")
 def main(archive, engine, out, fmt, batch_size, decode_threads, device, include, exclude, files_from,
-         state, no_state, heatmaps, include_phi, series_rules, summary, force, shard, site_file, ray_address,
-         ray_timeout, modality, study_date, since, sr_to, sr_dir, ca_bundle):
+         state, no_state, heatmaps, include_phi, series_rules, summary, force, shard, ood_exit, site_file,
+         ray_address, ray_timeout, modality, study_date, since, sr_to, sr_dir, ca_bundle):
     """Screen ARCHIVE (a folder, searched recursively, or one file) and write one row per file:
     DICOM UIDs, per-class probabilities, the positive-class probability, flagged
     (p_positive >= the model's threshold), the out-of-distribution score and in_distribution,
@@ -133,8 +138,9 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
     Exit codes:
       0    every file scored or skipped
       3    finished, but some files are 'error' rows (the output is complete)
-      4    finished without error rows, but some images are out of distribution: the model was
-           not trained for them, so they are neither flagged nor normal (in_distribution false)
+      4    with --ood-exit: finished without error rows, but some images are out of
+           distribution: the model was not trained for them, so they are neither flagged nor
+           normal (in_distribution false)
       1    fatal error (bad engine file, unwritable output, ...): nothing published
       2    bad command line
       130  interrupted (Ctrl-C or SIGTERM): finished rows are kept in the state database;
@@ -170,7 +176,7 @@ def main(archive, engine, out, fmt, batch_size, decode_threads, device, include,
         click.echo(NO_OOD_NOTICE, err=True)
     if counts["error"]:
         raise SystemExit(EXIT_FILE_ERRORS)
-    if result["out_of_distribution"]:
+    if ood_exit and result["out_of_distribution"]:
         raise SystemExit(EXIT_OUT_OF_DISTRIBUTION)
 
 

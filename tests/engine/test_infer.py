@@ -329,7 +329,8 @@ def test_images_unlike_the_training_data_are_counted_apart(trained_run, tmp_path
     for i, film in enumerate(films[:2]):
         pixels = np.asarray(Image.open(film).convert("L"))
         Image.fromarray(255 - pixels).save(work / f"inverted{i}.png")
-    rows, summary = run_infer(trained_run / "best.pt", work, tmp_path / "r.csv", "--no-state", expect_exit=4)
+    rows, summary = run_infer(trained_run / "best.pt", work, tmp_path / "r.csv", "--no-state", expect_exit=0)
+    run_infer(trained_run / "best.pt", work, tmp_path / "r2.csv", "--no-state", "--ood-exit", expect_exit=4)
     rows = {Path(r["path"]).name.split(".")[0]: r for r in rows}
     unusual = [r for name, r in rows.items() if name.startswith(("noise", "inverted"))]
     assert all(r["in_distribution"] is False and r["flagged"] is None and r["p_positive"] is not None
