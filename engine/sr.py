@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import io
-import os
 import threading
 import warnings
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Callable
 
 from dcx.core.card import dcx_version
 from dcx.core.errors import DcxError
+from dcx.core.files import atomic_path
 
 from .dicomweb import InstanceError, run_all
 from .results import RowSchema
@@ -192,7 +192,8 @@ class Reporter:
             report = build_report(self.header(path), row, self.model)
             data = report_bytes(report)
             if self.folder is not None:
-                _write_atomically(Path(self.folder) / f"{report.SOPInstanceUID}.dcm", data)
+                with atomic_path(Path(self.folder) / f"{report.SOPInstanceUID}.dcm") as tmp:
+                    tmp.write_bytes(data)
             if self.store is not None:
                 with self._lock:
                     down = self._store_down
@@ -211,12 +212,6 @@ class Reporter:
             raise
         except Exception as exc:  # a header highdicom refuses is this row's problem, not the run's
             return f"error: {type(exc).__name__}: {exc}"[:300]
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
 
 
 def file_header(path: str):
