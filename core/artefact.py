@@ -15,6 +15,7 @@ before a runtime loads the plan.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -43,6 +44,15 @@ def sidecar_path(artefact: str | os.PathLike) -> Path:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file. An unchanged file (same inode, size, mtime and ctime) is hashed
+    once per process: a run checks its model against the sidecar and keys its state by the
+    same digest."""
+    st = os.stat(path)
+    return _sha256(os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, inode: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
