@@ -78,6 +78,10 @@ def main():
 @click.option("--limit", type=click.IntRange(1), help="Only the first N files in dcx-infer's discovery order.")
 @click.option("--peer/--no-peer", default=True, show_default=True,
               help="Also run the peer baseline (Deep-COVID style PyTorch loop) on the same files.")
+@click.option("--parity/--no-parity", default=True, show_default=True,
+              help="With labelled data (class folders or a manifest): gate the first measured dcx-infer run's "
+                   "scores against the PyTorch reference (sensitivity and specificity within 1 point, 99% of "
+                   "flags alike), as dcx-bench parity does.")
 @click.option("--reference", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The .pt checkpoint the engine was exported from (default: the one its export sidecar names).")
 @click.option("--peer-workers", type=click.IntRange(0), help="Peer DataLoader workers (default: one per core).")
@@ -86,8 +90,8 @@ def main():
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
               help="Keep every run's results and summaries here (default: a temporary folder, removed).")
 @click.option("--force", is_flag=True, help="Overwrite existing report files.")
-def throughput(engine, data, repeat, warmup, batch_size, limit, peer, reference, peer_workers, out, markdown,
-               workdir, force):
+def throughput(engine, data, repeat, warmup, batch_size, limit, peer, parity, reference, peer_workers, out,
+               markdown, workdir, force):
     """End-to-end images/s of dcx-infer over DATA, side by side with the peer baseline on the same
     files and weights, and as a share of the model-only throughput.
 
@@ -96,7 +100,8 @@ def throughput(engine, data, repeat, warmup, batch_size, limit, peer, reference,
     memory. The peer is PIL + torchvision transforms + DataLoader + PyTorch eager FP32 at batch 20.
     Then model-only and decoding-only runs (the engine's decoder, and DALI's codec alone) on the
     same files give the CPU milliseconds each image costs; on a CPU the report turns them into the
-    ceiling cores x 1000 / (decode + model) that no overlap of the two can beat.
+    ceiling cores x 1000 / (decode + model) that no overlap of the two can beat. With labelled
+    data, the same run's scores pass or fail the parity gate against the PyTorch reference.
     The Markdown table goes to stdout; progress to stderr.
 
     \b
@@ -107,8 +112,8 @@ def throughput(engine, data, repeat, warmup, batch_size, limit, peer, reference,
     rep.check_writable(out, markdown, force=force)
     with _workdir(workdir) as folder:
         report = measure_throughput(engine, data, folder, repeat=repeat, warmup=warmup, batch_size=batch_size,
-                                    limit=limit, peer=peer, reference=reference, peer_workers=peer_workers,
-                                    log=_log)
+                                    limit=limit, peer=peer, parity=parity, reference=reference,
+                                    peer_workers=peer_workers, log=_log)
     text = throughput_markdown(report)
     rep.write_reports(report, out, markdown, text)
     click.echo(text)

@@ -41,21 +41,32 @@ def measure_parity(reference: Path, engine: Path, data: Path, workdir: Path, *, 
                    batch_size: int = 32, log=lambda message: None) -> tuple[dict, list[dict]]:
     """Score ``data`` both ways; (report, per-image rows)."""
     samples = read_samples(data)
-    log(f"reference: {reference} over {len(samples)} labelled files")
-    card, ref_p = _reference_scores(reference, samples, batch_size)
     files = [os.path.abspath(s.path) for s in samples]
     listing = workdir / "files.txt"
     listing.write_text("".join(f"{f}\n" for f in files), encoding="utf-8")
 
     log(f"engine: dcx-infer --engine {engine}")
     engine_run = run_infer(engine, workdir / "engine", files_from=listing, batch_size=batch_size)
-    engine_p, engine_threshold = _engine_scores(engine_run.out, card.positive, files)
-    sides = {"reference": (ref_p, card.threshold), "engine": (engine_p, engine_threshold)}
     via_pt = None
     if decompose and engine.suffix.lower() != ".pt":
         log(f"decomposition: dcx-infer --engine {reference}")
-        run = run_infer(reference, workdir / "engine-pytorch", files_from=listing, batch_size=batch_size)
-        via_pt, _ = _engine_scores(run.out, card.positive, files)
+        via_pt = run_infer(reference, workdir / "engine-pytorch", files_from=listing, batch_size=batch_size).out
+    return gate_run(reference, samples, engine, engine_run, data, tolerance=tolerance, min_agreement=min_agreement,
+                    max_delta_p=max_delta_p, via_pytorch=via_pt, batch_size=batch_size, log=log)
+
+
+def gate_run(reference: Path, samples: list, engine: Path, engine_run, data: Path, *, tolerance: float = 0.01,
+             min_agreement: float = 0.99, max_delta_p: float | None = None, via_pytorch: Path | None = None,
+             batch_size: int = 32, log=lambda message: None) -> tuple[dict, list[dict]]:
+    """The gates for a finished ``dcx-infer`` run (``engine_run``) over labelled ``samples``: the
+    reference scores them now; (report, per-image rows). ``via_pytorch``: the result table of
+    the checkpoint run through dcx-infer, to split the gap into backend and decoding."""
+    log(f"reference: {reference} over {len(samples)} labelled files")
+    card, ref_p = _reference_scores(reference, samples, batch_size)
+    files = [os.path.abspath(s.path) for s in samples]
+    engine_p, engine_threshold = _engine_scores(engine_run.out, card.positive, files)
+    sides = {"reference": (ref_p, card.threshold), "engine": (engine_p, engine_threshold)}
+    via_pt = None if via_pytorch is None else _engine_scores(via_pytorch, card.positive, files)[0]
 
     y = np.array([s.label == card.positive for s in samples])
     if y.all() or not y.any():

@@ -12,7 +12,10 @@ One invocation measures, on the same files and the same weights:
 - **decoding only**: the engine's decoder, and DALI's bare codec, on the same files
   (:mod:`.decode_bench`). With the process CPU time per image of each part, a CPU run gets
   its budget: ``cores / (decoder + model CPU ms per image)`` is the most any overlap of the
-  two can reach, and the same with the bare codec is the most any decoder could.
+  two can reach, and the same with the bare codec is the most any decoder could;
+- **parity** (labelled data: class folders or a manifest): the first measured dcx-infer run's
+  scores against the PyTorch reference through :func:`.parity.gate_run`, so a speed figure
+  and the accuracy it was bought with come from the same run.
 
 Both timed figures cover model loading through the last score, and exclude interpreter
 start-up and imports (dcx-infer's summary starts its clock before opening the model; the
@@ -31,12 +34,14 @@ import numpy as np
 from dcx.core import compare
 from dcx.core.errors import DcxError
 from dcx.engine.discover import discover
+from dcx.train.data import read_samples
 
 from . import report as rep
 from .decode_bench import bench_decoding, cpu_ceiling
 from .engine_runs import cli_command, read_results, resolve_reference, run_infer
 from .measure import run_child, summarise
 from .model_bench import bench_model_file
+from .parity import gate_run
 
 #: Decoding-only runs take at most this many of the scored files (in dcx's order): enough for a
 #: stable per-image cost, without doubling the time of a 10,000-file memory run.
@@ -46,11 +51,11 @@ DECODING_ONLY_FILES = 1000
 def measure_throughput(engine: Path, data: Path, workdir: Path, *, repeat: int = 3, warmup: bool = True,
                        batch_size: int | None = None, limit: int | None = None, peer: bool = True,
                        reference: Path | None = None, peer_workers: int | None = None,
-                       model_repeat: int = 5, log=lambda message: None) -> dict:
+                       parity: bool = True, model_repeat: int = 5, log=lambda message: None) -> dict:
     """Run the whole comparison; returns the JSON-able report."""
     if not data.exists():
         raise DcxError(f"data not found: {data}")
-    ref = resolve_reference(engine, reference) if peer else None
+    ref = resolve_reference(engine, reference) if peer or parity else None
     load_before = rep.machine()
     source = _source(data, workdir, limit)
 
@@ -99,8 +104,28 @@ def measure_throughput(engine: Path, data: Path, workdir: Path, *, repeat: int =
         report["reference"] = {"checkpoint": os.fspath(ref[0]), "resolved_from": ref[1]}
         report["peer"] = _peer_section(peer_runs)
         report["peer_agreement"] = _agreement(read_results(dcx_runs[0].out), peer_runs[0])
+    if parity:
+        report["parity"] = _parity(ref[0], engine, data, dcx_runs[0], log)
     report["ratios"] = _ratios(report)
     return report
+
+
+def _parity(reference: Path, engine: Path, data: Path, run, log) -> dict:
+    """The parity gates of ``run`` when ``data`` is labelled (over the labelled files it scored);
+    otherwise why there are none."""
+    try:
+        samples = read_samples(data)
+    except DcxError as exc:
+        return {"skipped": f"no labels in {data}: {exc.message}"}
+    rows = {os.path.abspath(row["path"]) for row in read_results(run.out)}
+    samples = [s for s in samples if os.path.abspath(s.path) in rows]
+    if not samples:
+        return {"skipped": f"dcx-infer scored none of the labelled files of {data}"}
+    try:
+        report, _ = gate_run(reference, samples, engine, run, data, log=log)
+    except DcxError as exc:  # e.g. a --limit that took images of one class only
+        return {"skipped": exc.message}
+    return {key: report[key] for key in ("data", "reference", "engine", "agreement", "deltas", "gates", "passed")}
 
 
 def _source(data: Path, workdir: Path, limit: int | None) -> dict:
@@ -267,6 +292,7 @@ def markdown(report: dict) -> str:
                      f"max |delta p| {agree['max_abs_delta_p']:.4f} (reference: {report['reference']['checkpoint']}, "
                      f"{report['reference']['resolved_from']})")
     lines.append(f"- dcx / model-only: **{ratios['dcx_over_model_only']:.0%}**")
+    lines += _parity_lines(report)
     lines += _budget_lines(report)
     wall, setup = dcx["wall_s"]["median"], dcx["setup_s"]["median"]
     stage_rows = [[stage, rep.fmt(s["median"], 2), f"{s['median'] / wall:.0%}"] for stage, s in dcx["stage_s"].items()]
@@ -276,6 +302,21 @@ def markdown(report: dict) -> str:
               "bytes and headers, decode = DALI decode + resize, preprocess = geometry and assembly):", "",
               rep.table(["stage", "seconds", "of wall"], stage_rows), ""]
     return "\n".join(lines)
+
+
+def _parity_lines(report: dict) -> list[str]:
+    if "parity" not in report:
+        return []
+    parity = report["parity"]
+    if "skipped" in parity:
+        return [f"- parity gate: not run ({parity['skipped']})"]
+    ref, eng, agree = parity["reference"], parity["engine"], parity["agreement"]
+    gates = "; ".join(f"{g['name']} {g['value']:.4g} {'PASS' if g['passed'] else 'FAIL'}" for g in parity["gates"])
+    return [f"- parity gate, this dcx-infer run vs the PyTorch reference on {parity['data']['scored_by_both']} "
+            f"labelled images: **{'PASSED' if parity['passed'] else 'FAILED'}** ({gates}); sensitivity "
+            f"{100 * ref['sensitivity']:.1f} -> {100 * eng['sensitivity']:.1f} %, specificity "
+            f"{100 * ref['specificity']:.1f} -> {100 * eng['specificity']:.1f} %, {agree['disagreements']} "
+            f"flags differ, max |delta p| {agree['max_abs_delta_p']:.4f}"]
 
 
 def _budget_lines(report: dict) -> list[str]:

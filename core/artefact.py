@@ -28,6 +28,9 @@ from .files import write_json
 CARD_KEY = "dcx.card"
 PRECISION_KEY = "dcx.precision"
 PRECISIONS = ("fp32", "fp16", "int8")
+#: Which runtime serves an ONNX artefact: the one its export was verified with.
+RUNTIME_KEY = "dcx.runtime"
+ONNX_RUNTIMES = ("onnxruntime", "openvino")
 
 #: Tensor names shared by the ONNX graph, the TensorRT plan and the engine.
 INPUT_NAME = "image"
@@ -144,6 +147,18 @@ def _parsed(text: str):
         return json.loads(text)
     except ValueError:
         return None
+
+
+def read_runtime(onnx_path: str | os.PathLike) -> str:
+    """The runtime an ONNX artefact was exported and verified for (sidecar first, then metadata;
+    artefacts from before runtimes were recorded: onnxruntime)."""
+    payload = read_sidecar(onnx_path)
+    runtime = (payload or {}).get("artefact", {}).get("runtime") or onnx_metadata(onnx_path).get(RUNTIME_KEY)
+    runtime = runtime or "onnxruntime"
+    if runtime not in ONNX_RUNTIMES:
+        raise DcxError(f"{onnx_path} was exported for runtime {runtime!r}, which this dcx does not know "
+                       f"({', '.join(ONNX_RUNTIMES)})")
+    return runtime
 
 
 def read_precision(onnx_path: str | os.PathLike) -> str:

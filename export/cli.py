@@ -27,9 +27,13 @@ beside it. --version-compatible plans also run under newer TensorRT 11.x runtime
 GPU model, the lean and dispatch runtimes from PyPI included; other plans only where built.
 
 \b
-INT8 targets: cpu (default for .onnx): uint8 asymmetric activations, ORT's placement, the fast
-form for ONNX Runtime on CPUs; tensorrt (default, and required, for .plan): symmetric int8 Q/DQ.
-The sidecar records the target; a cpu-target ONNX is refused as the source of a plan.
+Targets (who runs the artefact; recorded in the sidecar and the ONNX metadata):
+  cpu (default for .onnx): ONNX Runtime on CPUs; INT8 with uint8 asymmetric activations and
+      7-bit per-channel weights (full 8-bit weights saturate its kernels on CPUs without VNNI);
+  openvino: OpenVINO on CPUs (pip install 'dcx[openvino]'), verified and served by OpenVINO;
+      INT8 with symmetric int8 Q/DQ; the cheapest CPU path measured here (benchmarks/README.md);
+  tensorrt (default, and required, for .plan): symmetric int8 Q/DQ as TensorRT consumes it.
+An INT8 ONNX made for cpu or openvino is refused as the source of a plan.
 
 \b
 Verification: fp32 must match PyTorch within 1e-4 on every probability (else the export
@@ -58,11 +62,13 @@ def newest_checkpoint(root: Path) -> Path:
 @click.option("--calib", type=click.Path(path_type=Path),
               help="INT8 calibration images (folder of class folders or manifest CSV); default: the "
                    "training split recorded in the checkpoint. Only its training-split images are used.")
-@click.option("--target", type=click.Choice(["cpu", "tensorrt"]),
-              help="INT8 flavour: cpu (ONNX Runtime on CPUs) or tensorrt; default: tensorrt for a .plan, else cpu.")
-@click.option("--float-layers", type=click.Choice(["first_conv", "head"]), multiple=True,
-              help="INT8: leave these layers in float (repeatable); first_conv alone measured about 3x smaller "
-                   "probability error, 10-30% slower on a CPU (benchmarks/README.md).")
+@click.option("--target", type=click.Choice(["cpu", "openvino", "tensorrt"]),
+              help="Who runs it: cpu (ONNX Runtime), openvino (OpenVINO on CPUs) or tensorrt; picks the INT8 "
+                   "flavour and the runtime that verifies and serves it. Default: tensorrt for a .plan, else cpu.")
+@click.option("--float-layers", type=click.Choice(["first_conv", "head", "none"]), multiple=True,
+              help="INT8: leave these layers in float (repeatable); default first_conv for cpu and openvino (on "
+                   "real radiographs quantizing it flipped screening decisions), none for tensorrt; none "
+                   "quantizes every layer (benchmarks/README.md).")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=512, show_default=True,
               help="Stratified calibration sample size.")
 @click.option("--eval", "eval_data", type=click.Path(path_type=Path),
@@ -98,7 +104,7 @@ def main(source, precision, target, float_layers, calib, calib_samples, eval_dat
     if strict and accept_accuracy_loss:
         raise DcxError("--strict and --accept-accuracy-loss contradict each other; pass one")
     request = ExportRequest(source=source, out=out, precision=precision, target=target,
-                            float_layers=tuple(float_layers), calib=calib,
+                            float_layers=tuple(float_layers) or None, calib=calib,
                             calib_samples=calib_samples,
                             eval_data=eval_data, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
                             workspace_gb=workspace_gb, timing_cache=timing_cache,

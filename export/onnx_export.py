@@ -27,7 +27,8 @@ from dcx.core.errors import DcxError
 from dcx.core.files import atomic_path, write_json
 from dcx.core.models import DcxNet
 
-from dcx.core.artefact import CARD_KEY, INPUT_NAME, OOD_OUTPUT, OUTPUT_NAMES, PRECISION_KEY, sha256_file, sidecar_path
+from dcx.core.artefact import (CARD_KEY, INPUT_NAME, OOD_OUTPUT, OUTPUT_NAMES, PRECISION_KEY, RUNTIME_KEY,
+                               sha256_file, sidecar_path)
 
 DEFAULT_OPSET = 17
 
@@ -43,7 +44,8 @@ class _GraphOutputs(torch.nn.Module):
         return self.model.graph_outputs(image, self.class_index)
 
 
-def export_onnx(model: DcxNet, card: ModelCard, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET) -> Path:
+def export_onnx(model: DcxNet, card: ModelCard, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
+                runtime: str = "onnxruntime") -> Path:
     """Write the FP32 ONNX graph of ``model`` to ``out`` plus the sidecar ``<out>.json``."""
     import onnx
 
@@ -66,18 +68,20 @@ def export_onnx(model: DcxNet, card: ModelCard, out: str | os.PathLike, *, opset
             proto = onnx.load(os.fspath(raw))
     finally:
         model.train(was_training)
-    return save_onnx_artefact(proto, card, "fp32", out)
+    return save_onnx_artefact(proto, card, "fp32", out, runtime=runtime)
 
 
-def save_onnx_artefact(proto, card: ModelCard, precision: str, out: str | os.PathLike, **sections) -> Path:
+def save_onnx_artefact(proto, card: ModelCard, precision: str, out: str | os.PathLike, *,
+                       runtime: str = "onnxruntime", **sections) -> Path:
     """Stamp the card into ``proto``, check it, save it and write the sidecar.
 
-    ``sections`` are extra top-level sidecar entries (calibration, source, ...).
+    ``runtime``: what serves it (:data:`~dcx.core.artefact.ONNX_RUNTIMES`); ``sections`` are
+    extra top-level sidecar entries (calibration, source, ...).
     """
     import onnx
 
     out = Path(out)
-    _set_metadata(proto, {CARD_KEY: card.to_json(), PRECISION_KEY: precision})
+    _set_metadata(proto, {CARD_KEY: card.to_json(), PRECISION_KEY: precision, RUNTIME_KEY: runtime})
     proto.producer_name = "dcx-export"
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -86,7 +90,7 @@ def save_onnx_artefact(proto, card: ModelCard, precision: str, out: str | os.Pat
     with atomic_path(out) as tmp:
         onnx.save(proto, os.fspath(tmp))
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None)
-    artefact = {"precision": precision, "onnx_sha256": sha256_file(out), "opset": opset,
+    artefact = {"precision": precision, "runtime": runtime, "onnx_sha256": sha256_file(out), "opset": opset,
                 "model_id": card.model_id, **describe_io(proto)}
     write_json(sidecar_path(out), {"card": card.to_dict(), "artefact": artefact, **sections})
     return out

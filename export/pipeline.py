@@ -33,6 +33,7 @@ from .onnx_export import export_onnx, save_onnx_artefact
 from .tensorrt_build import EXIT_PLAN_NOT_BUILT, build_plan, tensorrt_unavailable_reason
 
 PARITY_IMAGES = 16
+RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 
 
 @dataclass
@@ -40,10 +41,10 @@ class ExportRequest:
     source: Path  # a dcx checkpoint (.pt) or an ONNX file exported by dcx-export
     out: Path | None = None  # None: default_out for a checkpoint, MODEL.plan for MODEL.onnx
     precision: str | None = None
-    target: str | None = None  # int8 only: "cpu" or "tensorrt"; None: tensorrt for a .plan, else cpu
+    target: str | None = None  # cpu, openvino or tensorrt (precision.TARGETS); None: tensorrt for a .plan, else cpu
     calib: Path | None = None
     calib_samples: int = 512
-    float_layers: tuple[str, ...] = ()  # int8 only: layers left unquantized (precision.FLOAT_LAYERS)
+    float_layers: tuple[str, ...] | None = None  # int8: layers left unquantized; None: precision.default_float_layers
     eval_data: Path | None = None
     min_batch: int = 1
     opt_batch: int = 64
@@ -82,12 +83,11 @@ def run_export(req: ExportRequest, echo: Callable[[str], None], warn: Callable[[
         raise DcxError(f"--precision is required for a checkpoint: one of {', '.join(PRECISIONS)}")
     if req.calib is not None and req.precision != "int8":
         warn(f"--calib is only used for int8; ignored for {req.precision}")
-    if req.target is not None and req.precision != "int8":
-        warn(f"--target is only used for int8; ignored for {req.precision}")
     model, card = load_model(req.source)
     req.out = req.out or default_out(req.source, card, req.precision)
-    if req.precision == "int8":
-        req.target = _int8_target(req)
+    req.target = _target(req)
+    if req.float_layers is None:
+        req.float_layers = precision_mod.default_float_layers(req.target) if req.precision == "int8" else ()
     _refuse_existing(req, [req.onnx_out, sidecar_path(req.onnx_out), calibration_manifest_path(req.onnx_out)]
                      + ([req.out, sidecar_path(req.out)] if req.wants_plan else []))
     check = _Verification(card, samples_mod.evaluation_samples(card, req.eval_data), req.accept_accuracy_loss,
@@ -107,13 +107,15 @@ def run_export(req: ExportRequest, echo: Callable[[str], None], warn: Callable[[
     return plan
 
 
-def _int8_target(req: ExportRequest) -> str:
-    """The INT8 flavour: as asked, else the one the output is for (.plan: TensorRT; .onnx: CPU)."""
+def _target(req: ExportRequest) -> str:
+    """Who runs the artefact: as asked, else the one the output is for (.plan: TensorRT; .onnx:
+    ONNX Runtime on a CPU). It picks the INT8 flavour and the runtime that verifies and serves it."""
     target = req.target or ("tensorrt" if req.wants_plan else "cpu")
     if target not in precision_mod.TARGETS:
         raise DcxError(f"--target must be one of {', '.join(precision_mod.TARGETS)}, got {target!r}")
-    if target == "cpu" and req.wants_plan:
-        raise DcxError("a TensorRT plan needs the TensorRT INT8 graph; drop --target cpu or pass --target tensorrt")
+    if target != "tensorrt" and req.wants_plan:
+        raise DcxError(f"a TensorRT plan is made for --target tensorrt, not {target}; drop --target or write "
+                       f"--out NAME.onnx for {target}")
     return target
 
 
@@ -143,8 +145,9 @@ def _refuse_existing(req: ExportRequest, paths: list[Path]) -> None:
 
 def _write_onnx(req: ExportRequest, model: DcxNet, card: ModelCard, echo) -> Path:
     source = {"checkpoint": os.fspath(req.source), "checkpoint_sha256": sha256_file(req.source)}
+    runtime = precision_mod.RUNTIME_OF_TARGET[req.target]
     if req.precision == "fp32":
-        path = export_onnx(model, card, req.onnx_out)
+        path = export_onnx(model, card, req.onnx_out, runtime=runtime)
         update_sidecar(path, source=source)
     else:
         import onnx
@@ -154,11 +157,12 @@ def _write_onnx(req: ExportRequest, model: DcxNet, card: ModelCard, echo) -> Pat
             fp32 = export_onnx(model, card, Path(tmp) / "fp32.onnx")
             if req.precision == "fp16":
                 path = save_onnx_artefact(precision_mod.to_fp16(onnx.load(os.fspath(fp32))), card, "fp16",
-                                          req.onnx_out, source=source)
+                                          req.onnx_out, runtime=runtime, source=source)
             else:
                 proto, calibration = _quantize(req, fp32, card, echo)
-                path = save_onnx_artefact(proto, card, "int8", req.onnx_out, source=source, calibration=calibration)
-    echo(f"wrote {path} ({req.precision}, sha256 {sha256_file(path)[:12]}) and {sidecar_path(path).name}")
+                path = save_onnx_artefact(proto, card, "int8", req.onnx_out, runtime=runtime, source=source,
+                                          calibration=calibration)
+    echo(f"wrote {path} ({req.precision} for {runtime}, sha256 {sha256_file(path)[:12]}) and {sidecar_path(path).name}")
     return path
 
 
@@ -241,10 +245,12 @@ class _Verification:
 
 
 def _verify_onnx(check: _Verification, onnx_path: Path, reference, precision: str) -> None:
+    """Through the backend that will serve it (ONNX Runtime or OpenVINO, as the sidecar records)."""
     with open_backend(onnx_path, device="cpu") as backend:
-        result = check.run(backend.infer, reference, "ONNX Runtime", "PyTorch", onnx_path.name,
+        result = check.run(backend.infer, reference, RUNTIME_NAMES[backend.name], "PyTorch", onnx_path.name,
                            exact=precision == "fp32")
-    update_sidecar(onnx_path, verification={"onnxruntime": result})
+        runtime = backend.name
+    update_sidecar(onnx_path, verification={runtime: result})
     check.judge(onnx_path, result, [onnx_path, sidecar_path(onnx_path), calibration_manifest_path(onnx_path)])
 
 
@@ -275,9 +281,10 @@ def _plan_from_onnx(req: ExportRequest, echo, warn) -> Path:
     if req.precision is not None and req.precision != graph_precision:
         raise DcxError(f"{req.source.name} is an {graph_precision} graph and a plan takes its precision from the "
                        f"graph; make one with dcx-export CKPT --precision {req.precision} --out NAME.onnx")
-    if int8_target_of(req.source) == "cpu":
-        raise DcxError(f"{req.source.name} is the CPU-tuned INT8 graph, which TensorRT does not run well; export "
-                       f"one for TensorRT with dcx-export CKPT --precision int8 --target tensorrt --out NAME.onnx")
+    if int8_target_of(req.source) in ("cpu", "openvino"):
+        raise DcxError(f"{req.source.name} is the INT8 graph made for {int8_target_of(req.source)}, which TensorRT "
+                       f"does not run well; export one for TensorRT with dcx-export CKPT --precision int8 --target "
+                       f"tensorrt --out NAME.onnx")
     _refuse_existing(req, [req.out, sidecar_path(req.out)])
     reason = tensorrt_unavailable_reason()
     if reason is not None:
@@ -286,6 +293,6 @@ def _plan_from_onnx(req: ExportRequest, echo, warn) -> Path:
     check = _Verification(card, samples_mod.evaluation_samples(card, req.eval_data), req.accept_accuracy_loss,
                           echo, warn)
     plan = _build(req, req.source, echo)
-    with open_backend(req.source, device="cpu") as onnx_runtime:
-        _verify_plan(check, plan, onnx_runtime.infer, "ONNX Runtime")
+    with open_backend(req.source, device="cpu") as runtime:
+        _verify_plan(check, plan, runtime.infer, RUNTIME_NAMES[runtime.name])
     return plan

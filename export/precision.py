@@ -1,7 +1,8 @@
 """FP32 ONNX -> the FP16 and INT8 graphs (precision lives in the graph).
 
 TensorRT 11 is strongly typed: an engine's precision is that of its ONNX tensors. ONNX Runtime
-on a CPU runs the same Q/DQ form, but wants a different flavour of it, hence two INT8 targets:
+and OpenVINO on a CPU run the same Q/DQ form, but want a different flavour of it, hence two
+INT8 graphs for three targets:
 
 - **FP16**: every float tensor and weight in half precision, with float32 ``image``/``probs``/
   ``cam`` at the edges (``keep_io_types``), so callers never change (onnxconverter-common).
@@ -11,14 +12,15 @@ on a CPU runs the same Q/DQ form, but wants a different flavour of it, hence two
 
   - ``tensorrt``: symmetric int8 (zero point 0) activations, one Q/DQ pair per consumer and none
     after Conv -- the form TensorRT consumes;
-  - ``cpu``: asymmetric uint8 activations and ORT's default placement (shared Q/DQ pairs, outputs
-    of Conv/ReLU quantized), which ONNX Runtime's CPU provider fuses into QLinearConv/ConvInteger
-    kernels (u8 x s8 is the fast AVX2/AVX-512-VNNI path). On a 2-core AVX2 EPYC it runs resnet18
-    about twice as fast as FP32, where the TensorRT flavour is slower than FP32 there
-    (``benchmarks/README.md``, "INT8 for CPUs").
+  - ``cpu`` and ``openvino``: asymmetric uint8 activations and ORT's default placement (shared
+    Q/DQ pairs, outputs of Conv/ReLU quantized), which ONNX Runtime's CPU provider fuses into
+    QLinearConv kernels and OpenVINO into its own u8 x s8 ones; weights in a 7-bit range
+    (:data:`REDUCE_RANGE_ON_CPU`). The TensorRT flavour is slower than FP32 in ONNX Runtime on
+    a CPU (``benchmarks/README.md``, "INT8 for CPUs").
 
-The calibration method (percentile 99.999) was chosen by measurement; the comparison with
-MinMax and Entropy is in ``benchmarks/README.md`` ("INT8 calibration method").
+The calibration method (percentile 99.999) and the layers left in float (the first convolution,
+for CPU targets: :func:`default_float_layers`) were chosen by measurement on real radiographs
+(``benchmarks/README.md``, "INT8 accuracy on real images").
 """
 from __future__ import annotations
 
@@ -44,12 +46,19 @@ CALIBRATION_METHODS = {
 }
 #: The one used by dcx-export (measured; benchmarks/README.md).
 CALIBRATION_METHOD = "percentile"
+#: Images whose activations the calibrator holds at once. ORT's histogram calibrators keep every
+#: intermediate tensor of every image until the end: densenet121 at 224 px over 166 images took
+#: more than 24 GiB and was killed; in chunks of 16 memory stays at the chunk's.
+CALIBRATION_CHUNK = 16
 
-#: Who runs the INT8 graph: ONNX Runtime on a CPU, or TensorRT.
-TARGETS = ("cpu", "tensorrt")
+#: Who runs the graph: ONNX Runtime on a CPU, OpenVINO on a CPU, or TensorRT.
+TARGETS = ("cpu", "openvino", "tensorrt")
+#: The runtime that serves (and verifies) an ONNX artefact of each target.
+RUNTIME_OF_TARGET = {"cpu": "onnxruntime", "openvino": "openvino", "tensorrt": "onnxruntime"}
 
-#: Layers that can be left in float: the first convolution (sees raw pixels) and the classifier head.
-FLOAT_LAYERS = ("first_conv", "head")
+#: Layers that can be left in float: the first convolution (sees raw pixels) and the classifier head
+#: ("none": quantize every layer).
+FLOAT_LAYERS = ("first_conv", "head", "none")
 
 #: Ops whose *inputs* get Q/DQ; outputs are never quantized, so probabilities and CAM stay float.
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool", "GlobalAveragePool",
@@ -61,23 +70,31 @@ TENSORRT_PLACEMENT = {"OpTypesToExcludeOutputQuantization": QUANTIZED_OPS, "Dedi
                       "ForceQuantizeNoInputCheck": True}
 
 
+#: 7-bit weights for ONNX Runtime's CPU kernels: without VNNI (AVX2, AVX-512F) they multiply u8 x s8
+#: pairs into 16 bits, which saturates with full 8-bit weights (measured: 88.9% decision agreement
+#: on a cxr-dev resnet18 at 224 px, 96.7% with 7-bit weights; benchmarks/README.md).
+REDUCE_RANGE_ON_CPU = True
+
+
 def quantizer_settings(target: str) -> dict:
     """quantize_static keyword arguments (less the data) that make the ``target`` flavour."""
     from onnxruntime.quantization import QuantType
 
     if target == "tensorrt":
-        return {"activation_type": QuantType.QInt8,
+        return {"activation_type": QuantType.QInt8, "reduce_range": False,
                 "extra_options": {"ActivationSymmetric": True, **TENSORRT_PLACEMENT}}
-    if target == "cpu":
-        return {"activation_type": QuantType.QUInt8, "extra_options": {"ActivationSymmetric": False}}
+    if target in ("cpu", "openvino"):  # one CPU graph; OpenVINO measured best on it too (benchmarks/README.md)
+        return {"activation_type": QuantType.QUInt8, "reduce_range": REDUCE_RANGE_ON_CPU,
+                "extra_options": {"ActivationSymmetric": False}}
     raise DcxError(f"unknown INT8 target {target!r}; choose from {', '.join(TARGETS)}")
 
 
 def describe_target(target: str) -> str:
     """One line for the sidecar: what the ``target`` flavour is."""
-    activations = "uint8 asymmetric" if target == "cpu" else "int8 symmetric"
+    activations = "int8 symmetric" if target == "tensorrt" else "uint8 asymmetric"
+    weights = "7-bit range" if quantizer_settings(target)["reduce_range"] else "int8"
     return (f"onnxruntime.quantization.quantize_static (QDQ, {activations} activations, "
-            f"int8 symmetric per-channel weights, target {target})")
+            f"{weights} symmetric per-channel weights, target {target})")
 
 
 def to_fp16(fp32_model):
@@ -89,10 +106,19 @@ def to_fp16(fp32_model):
         return float16.convert_float_to_float16(fp32_model, keep_io_types=True)
 
 
+def default_float_layers(target: str) -> tuple[str, ...]:
+    """Layers left in float unless asked otherwise: on CPUs the first convolution, which sees the
+    raw pixels (quantizing it flipped screening decisions of a real-data resnet18; float costs
+    about 6% in OpenVINO); for TensorRT none."""
+    return () if target == "tensorrt" else ("first_conv",)
+
+
 def float_nodes(model, layers: Iterable[str]) -> list[str]:
     """Names of the graph nodes that make up ``layers`` (see :data:`FLOAT_LAYERS`)."""
     nodes, names = list(model.graph.node), []
     for layer in layers:
+        if layer == "none":
+            continue
         if layer == "first_conv":
             names += [n.name for n in nodes if n.op_type == "Conv"][:1]
         elif layer == "head":  # the classifier: dcx heads are a 1x1 Conv (for the CAM), the last compute op
@@ -115,43 +141,51 @@ def quantize_int8(fp32_path: str | os.PathLike, batches: Iterable[np.ndarray], *
         raise DcxError(f"unknown calibration method {method!r}; choose from {', '.join(CALIBRATION_METHODS)}")
     calibrate_method, calibration_options = CALIBRATION_METHODS[method]
 
+    images = [np.ascontiguousarray(image[None], dtype=np.float32) for batch in batches for image in batch]
+    if not images:
+        raise DcxError("no calibration image could be read; INT8 needs at least one")
+
     class Reader(CalibrationDataReader):
+        """One image per call: ORT's histogram calibrators stack per-call activations and fail on
+        a short last batch; per image, every call has the same shape. ``set_range`` lets the
+        quantizer calibrate in chunks (below)."""
+
         def __init__(self):
-            self.fed = 0
-            self._it = (image for batch in batches for image in batch)
+            self._range = iter(images)
+
+        def __len__(self) -> int:
+            return len(images)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self._range = iter(images[start_index:end_index])
 
         def get_next(self):
-            # One image per call: ORT's histogram calibrators stack per-call activations and
-            # fail on a short last batch; per image, every call has the same shape.
-            image = next(self._it, None)
-            if image is None:
-                return None
-            self.fed += 1
-            return {INPUT_NAME: np.ascontiguousarray(image[None], dtype=np.float32)}
+            image = next(self._range, None)
+            return None if image is None else {INPUT_NAME: image}
 
-    reader = Reader()
     with tempfile.TemporaryDirectory(prefix="dcx-int8-") as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         # Shape inference + graph clean-up (identities, shape arithmetic) that ORT recommends
         # before quantizing; symbolic shape inference is skipped, ONNX's own suffices here.
         quant_pre_process(os.fspath(fp32_path), os.fspath(prepared), skip_symbolic_shape=True)
         excluded = float_nodes(onnx.load(os.fspath(prepared)), keep_float)
-        try:
-            with _quiet_quantizer():
-                quantize_static(os.fspath(prepared), os.fspath(quantized), reader, quant_format=QuantFormat.QDQ,
-                                per_channel=True, activation_type=settings["activation_type"],
-                                weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OPS,
-                                nodes_to_exclude=excluded,
-                                calibrate_method=getattr(CalibrationMethod, calibrate_method),
-                                extra_options={"WeightSymmetric": True, "QuantizeBias": False,
-                                               **settings["extra_options"], **calibration_options})
-        except Exception as exc:
-            if reader.fed == 0:
-                raise DcxError("no calibration image could be read; INT8 needs at least one") from exc
-            raise
-        if reader.fed == 0:
-            raise DcxError("no calibration image could be read; INT8 needs at least one")
+        with _quiet_quantizer():
+            quantize_static(os.fspath(prepared), os.fspath(quantized), Reader(), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=settings["activation_type"],
+                            reduce_range=settings["reduce_range"],
+                            weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OPS,
+                            nodes_to_exclude=excluded,
+                            calibrate_method=getattr(CalibrationMethod, calibrate_method),
+                            extra_options={"WeightSymmetric": True, "QuantizeBias": False,
+                                           "CalibStridedMinMax": _chunk(len(images)),
+                                           **settings["extra_options"], **calibration_options})
         return onnx.load(os.fspath(quantized))
+
+
+def _chunk(n: int, most: int = CALIBRATION_CHUNK) -> int:
+    """The largest divisor of ``n`` up to ``most``: ORT calibrates ``n`` images in equal chunks
+    (its "CalibStridedMinMax", which every calibrator honours), merging histograms between them."""
+    return max(d for d in range(1, min(n, most) + 1) if n % d == 0)
 
 
 @contextlib.contextmanager

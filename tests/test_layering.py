@@ -22,7 +22,7 @@ ALLOWED = {
     "report": {"core", "train", "engine", "report"},
     "benchmarks": {"core", "train", "engine", "export", "benchmarks"},
 }
-LAZY_BACKENDS = {f"engine.backends.{name}_backend" for name in ("tensorrt", "onnxruntime", "torch")}
+LAZY_BACKENDS = {f"engine.backends.{name}_backend" for name in ("tensorrt", "onnxruntime", "openvino", "torch")}
 MODULES = sorted(p for layer in ALLOWED for p in (ROOT / layer).rglob("*.py"))
 
 

@@ -6,7 +6,8 @@ file                   backend                         runs on
 ``.plan``, ``.engine``  TensorRT (full; version-         the NVIDIA GPU model it was built for
                        compatible plans also the lean  (:mod:`.trt_runtime` picks the runtime)
                        or dispatch runtime)
-``.onnx``              ONNX Runtime                    CUDA provider when present, else CPU
+``.onnx``              ONNX Runtime, or OpenVINO for   CUDA provider when present, else CPU;
+                       artefacts exported for it       OpenVINO: the CPU
 ``.pt``                PyTorch (``dcx-train`` output)  CUDA when present, else CPU
 =====================  ==============================  ======================================
 
@@ -17,15 +18,17 @@ Example::
     with open_backend("runs/r18/model.onnx", device="cpu") as backend:
         probs, cam, ood = backend.infer(batch)  # ood: None without a fitted OOD score; batch: (N, 1, S, S) float32, S = backend.card.input_size
 
-Each backend module is imported only when its file type is opened, so TensorRT (and its
-CUDA libraries) is never loaded on a machine that serves ONNX.
+An ONNX artefact is served by the runtime its export recorded and was verified with
+(:func:`dcx.core.artefact.read_runtime`: ``dcx-export --target openvino`` -> OpenVINO, else
+ONNX Runtime). Each backend module is imported only when its file type is opened, so TensorRT
+(and its CUDA libraries) is never loaded on a machine that serves ONNX.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from dcx.core.artefact import read_card
+from dcx.core.artefact import read_card, read_runtime
 from dcx.core.card import load_checkpoint
 from dcx.core.devices import check_device
 from dcx.core.errors import DcxError
@@ -54,6 +57,8 @@ def open_backend(path: str | os.PathLike, *, device: str = "auto", threads: int 
     device = check_device(device)
     if kind == "tensorrt":
         from .tensorrt_backend import TensorRTBackend as cls
+    elif kind == "onnxruntime" and read_runtime(path) == "openvino":
+        from .openvino_backend import OpenVinoBackend as cls
     elif kind == "onnxruntime":
         from .onnxruntime_backend import OnnxRuntimeBackend as cls
     else:

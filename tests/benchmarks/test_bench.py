@@ -94,7 +94,38 @@ def test_throughput_smoke(fp32_onnx, synth_archive, tmp_path):
     assert cpu["ceiling_images_per_s"] == cpu_ceiling(cpu["cores"], cpu["decoder_ms_per_image"],
                                                       cpu["model_ms_per_image"])
     assert "CPU budget" in result.output and "DALI's codec alone" in result.output
+    # the first 12 files are all of one class: no parity gate, and the report says why
+    assert "needs images of the positive class" in report["parity"]["skipped"]
+    assert "parity gate: not run" in result.output
     invoke(main, ["throughput", "--engine", fp32_onnx, "--data", synth_archive, "--out", out], expect_exit=1)
+
+
+def test_throughput_gates_the_same_run_against_the_reference(fp32_onnx, synth_archive, tmp_path):
+    labelled = tmp_path / "labelled"
+    for folder in sorted(p for p in synth_archive.iterdir() if p.is_dir()):
+        (labelled / folder.name).mkdir(parents=True)
+        for image in sorted(folder.glob("*.png"))[:4]:
+            (labelled / folder.name / image.name).symlink_to(image)
+    out = tmp_path / "t.json"
+    result = invoke(main, ["throughput", "--engine", fp32_onnx, "--data", labelled, "--repeat", 1, "--no-warmup",
+                           "--no-peer", "--out", out])
+    parity = json.loads(out.read_text())["parity"]
+    assert parity["data"]["files"] == 12 and parity["data"]["positives"] == 4
+    assert parity["passed"] and parity["agreement"]["max_abs_delta_p"] < 1e-3  # FP32: same decisions
+    assert {g["name"] for g in parity["gates"]} >= {"flag agreement"}
+    assert "parity gate" in result.output and "PASSED" in result.output
+
+
+def test_throughput_parity_says_why_without_labels(fp32_onnx, synth_archive, tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for image in sorted(synth_archive.glob("*/*.png"))[:4]:
+        (flat / f"{image.parent.name}-{image.name}").symlink_to(image)
+    out = tmp_path / "t.json"
+    result = invoke(main, ["throughput", "--engine", fp32_onnx, "--data", flat, "--repeat", 1, "--no-warmup",
+                           "--no-peer", "--out", out])
+    assert "no labels" in json.loads(out.read_text())["parity"]["skipped"]
+    assert "parity gate: not run" in result.output
 
 
 def test_cpu_ceiling_is_cores_over_cost_per_image():

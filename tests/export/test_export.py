@@ -135,6 +135,18 @@ def test_cpu_int8_graph_has_uint8_activations_and_int8_per_channel_weights(int8_
     calibration = json.loads(sidecar_path(out).read_text())["calibration"]
     assert calibration["target"] == "cpu" and "uint8 asymmetric" in calibration["quantizer"]
     assert "target cpu" in result.output
+    # 7-bit weights: without VNNI, ONNX Runtime's u8 x s8 kernels saturate 16-bit pair sums
+    # with full-range int8 weights (|w| <= 63 instead of 127)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    quantized = [inits[n.input[0]] for n in model.graph.node
+                 if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == np.int8]
+    assert quantized and max(int(np.abs(w.astype(np.int16)).max()) for w in quantized) <= 64
+    assert "7-bit" in calibration["quantizer"]
+    # the CPU default leaves the first convolution (raw pixels) in float
+    assert calibration["float_layers"] == ["first_conv"]
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    assert producer.get(convs[0].input[1]) != "DequantizeLinear" and producer.get(convs[1].input[1]) == "DequantizeLinear"
 
 
 def test_float_layers_stay_unquantized(trained_checkpoint, synth_archive, tmp_path):
@@ -160,12 +172,13 @@ def test_tensorrt_int8_graph_is_symmetric_qdq_and_cannot_be_swapped_for_the_cpu_
     activations, weights = _qdq_zero_points(model)
     assert activations and weights and all(z.dtype == np.int8 and not z.any() for z in activations + weights)
     _assert_float_io_and_outputs(model)
-    assert json.loads(sidecar_path(out).read_text())["calibration"]["target"] == "tensorrt"
+    calibration = json.loads(sidecar_path(out).read_text())["calibration"]
+    assert calibration["target"] == "tensorrt" and calibration["float_layers"] == []  # TensorRT: all INT8
 
     # A plan takes the TensorRT flavour: --target cpu with a .plan, or a CPU graph as a plan's source, is refused.
-    assert "drop --target cpu" in _error([trained_checkpoint, "--precision", "int8", "--target", "cpu",
-                                          "--out", tmp_path / "x.plan"])
-    assert "CPU-tuned INT8 graph" in _error([int8_export[0], "--out", tmp_path / "cpu.plan"])
+    assert "made for --target tensorrt, not cpu" in _error([trained_checkpoint, "--precision", "int8", "--target",
+                                                            "cpu", "--out", tmp_path / "x.plan"])
+    assert "INT8 graph made for cpu" in _error([int8_export[0], "--out", tmp_path / "cpu.plan"])
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "cpu.plan").exists()
 
 
