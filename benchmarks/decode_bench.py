@@ -65,32 +65,43 @@ def _bench_engine_decoder(files, preprocess, batch_size: int, threads: int, devi
 
 
 def _bench_codec(rasters: list[str], batch_size: int, threads: int, device: str) -> dict:
-    """DALI's decoder alone (native channels, 8 bits) on raster files it is known to decode."""
+    """DALI's decoder alone, as the engine's pipelines call it (8-bit gray files to GRAY, colour
+    files to RGB; no resize, no checks) on raster files it is known to decode. Not ANY_DATA:
+    DALI 2.4's CPU decoder corrupted the heap on a batch mixing gray, RGB and RGBA PNGs."""
     import numpy as np
     import torch
     from nvidia.dali import fn, pipeline_def, types
+    from PIL import Image
 
     if not rasters:
         return {"images": 0, "what": "no raster file went to DALI (DICOM or reference-path files only)"}
 
     @pipeline_def(batch_size=batch_size, num_threads=threads, prefetch_queue_depth=1,
                   device_id=torch.cuda.current_device() if device == "gpu" else None)
-    def codec():
+    def codec(output_type):
         encoded = fn.external_source(name="encoded", batch=True)
-        return fn.decoders.image(encoded, output_type=types.ANY_DATA, dtype=types.UINT8,
+        return fn.decoders.image(encoded, output_type=output_type, dtype=types.UINT8,
                                  device="mixed" if device == "gpu" else "cpu")
 
-    pipe = codec()
-    pipe.build()
+    pipes = {gray: codec(types.GRAY if gray else types.RGB) for gray in (True, False)}
+    for pipe in pipes.values():
+        pipe.build()
+    gray = {}
+    for path in rasters:  # headers only, before the clock starts
+        with Image.open(path) as im:
+            gray[path] = len(im.getbands()) == 1 and im.mode != "P"  # as the engine: palette is colour
 
     def decode(batch: list[str]) -> int:
-        data = [np.fromfile(path, dtype=np.uint8) for path in batch]
-        pipe.feed_input("encoded", data)
-        pipe.run()
+        for kind, pipe in pipes.items():
+            part = [path for path in batch if gray[path] == kind]
+            if part:
+                pipe.feed_input("encoded", [np.fromfile(path, dtype=np.uint8) for path in part])
+                pipe.run()
         return len(batch)
 
     decode(rasters[:batch_size])
-    return {**_timed(decode, rasters, batch_size), "what": "DALI fn.decoders.image only (no resize, no checks)"}
+    return {**_timed(decode, rasters, batch_size),
+            "what": "DALI fn.decoders.image only, to gray or RGB (no resize, no checks)"}
 
 
 def _timed(decode, files: list[str], batch_size: int) -> dict:
