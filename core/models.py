@@ -24,7 +24,6 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 
 from .errors import DcxError
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD
@@ -32,13 +31,30 @@ from .preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """What the registry knows of an architecture (timm's default_cfg, in small)."""
+    """What the registry knows of an architecture (timm's default_cfg, in small). ``name`` is
+    also its torchvision constructor and ``weights`` its ImageNet weights enum member."""
 
     name: str
-    build: Callable[[object], nn.Module]  # torchvision constructor taking weights=
-    weights_enum: object
+    weights: str  # e.g. "ResNet18_Weights.IMAGENET1K_V1"
     feature_channels: int
     features: Callable[[nn.Module], nn.Module]
+
+    def build(self, **kwargs) -> nn.Module:
+        return getattr(_torchvision_models(), self.name)(**kwargs)
+
+    @property
+    def weights_enum(self):
+        enum, member = self.weights.split(".")
+        return getattr(getattr(_torchvision_models(), enum), member)
+
+
+def _torchvision_models():
+    """torchvision, imported when a model is first built: importing it adds about 160 MiB to a
+    process, and one that serves an exported model (dcx-infer on ONNX, OpenVINO, TensorRT)
+    builds none (measured with dcx-bench throughput's peak memory, benchmarks/README.md)."""
+    import torchvision
+
+    return torchvision.models
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
@@ -64,16 +80,13 @@ def _resnet_features(m):
     return nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3, m.layer4)
 
 
-tv = torchvision.models
-register_model(ArchSpec("resnet18", tv.resnet18, tv.ResNet18_Weights.IMAGENET1K_V1, 512, _resnet_features))
-register_model(ArchSpec("resnet50", tv.resnet50, tv.ResNet50_Weights.IMAGENET1K_V2, 2048, _resnet_features))
-register_model(ArchSpec("squeezenet1_1", tv.squeezenet1_1, tv.SqueezeNet1_1_Weights.IMAGENET1K_V1, 512,
-                        lambda m: m.features))
-register_model(ArchSpec("densenet121", tv.densenet121, tv.DenseNet121_Weights.IMAGENET1K_V1, 1024,
+register_model(ArchSpec("resnet18", "ResNet18_Weights.IMAGENET1K_V1", 512, _resnet_features))
+register_model(ArchSpec("resnet50", "ResNet50_Weights.IMAGENET1K_V2", 2048, _resnet_features))
+register_model(ArchSpec("squeezenet1_1", "SqueezeNet1_1_Weights.IMAGENET1K_V1", 512, lambda m: m.features))
+register_model(ArchSpec("densenet121", "DenseNet121_Weights.IMAGENET1K_V1", 1024,
                         lambda m: _DenseNetFeatures(*m.features)))
-register_model(ArchSpec("mobilenet_v2", tv.mobilenet_v2, tv.MobileNet_V2_Weights.IMAGENET1K_V1, 1280,
-                        lambda m: m.features))
-register_model(ArchSpec("vgg19", tv.vgg19, tv.VGG19_Weights.IMAGENET1K_V1, 512, lambda m: m.features))
+register_model(ArchSpec("mobilenet_v2", "MobileNet_V2_Weights.IMAGENET1K_V1", 1280, lambda m: m.features))
+register_model(ArchSpec("vgg19", "VGG19_Weights.IMAGENET1K_V1", 512, lambda m: m.features))
 
 
 class OodScore(nn.Module):

@@ -35,7 +35,8 @@ def _default_decode_threads() -> int:
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("archive", required=False)
 @click.option("--engine", "engine", required=True, type=click.Path(path_type=Path),
-              help="Model file: .plan/.engine (TensorRT), .onnx (ONNX Runtime) or .pt (dcx-train checkpoint).")
+              help="Model file: .plan/.engine (TensorRT), .onnx (ONNX Runtime, or OpenVINO when exported with "
+                   "--target openvino) or .pt (dcx-train checkpoint).")
 @click.option("--out", "out", type=click.Path(path_type=Path),
               help="Result table. Default: ./<archive name>.dcx.<format> in the current directory.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS),

@@ -45,6 +45,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterable, Iterator
 
+from dcx.core.devices import device_of
 from dcx.core.errors import DcxError
 from dcx.core.files import write_json
 
@@ -217,7 +218,7 @@ class _ScoreFiles:
                 chunk.add(f, None)
             if self._decoder is None:
                 self._decoder = self._decoder_stack.enter_context(
-                    scoring.open_decoder(self.backend.card, self.backend, self.options))
+                    scoring.open_decoder(self.backend.card, device_of(self.backend.device), self.options))
             chunk.decoded = self._decoder.decode([f.path for f in files])
             return scoring.score_chunk(chunk, self.backend, self.schema, self.options, self.stats)
         except Exception as exc:

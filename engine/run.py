@@ -26,15 +26,16 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from dcx.core.devices import device_of
 from dcx.core.errors import DcxError
 from dcx.core.files import write_json
 from dcx.core.progress import Progress
 
-from .backends import open_backend
+from .backends import open_backend, read_engine_card
 from .results import RowSchema, open_writer
 from .sr import Reporter, file_header
-from .scoring import (Chunk, ScreenOptions, Stats, candidates, chunks, count_rows, open_decoder, reusable_rows,
-                      run_summary, score_chunk, state_profile)
+from .scoring import (Chunk, ScreenOptions, Stats, candidates, chunks, count_rows, decode_device_before_load,
+                      open_decoder, reusable_rows, run_summary, score_chunk, state_profile)
 from .state import StateDB
 
 #: Decoded chunks waiting for inference (bounds memory: PREFETCH x batch of images).
@@ -49,11 +50,14 @@ def screen(options: ScreenOptions) -> dict:
     """
     stats = Stats()
     completed = False
-    with contextlib.ExitStack() as stack:  # closes in reverse: producer, writer, state, backend
+    with contextlib.ExitStack() as stack:  # closes in reverse: writer, backend, producer, state (or backend last)
         t0 = time.perf_counter()
-        backend = stack.enter_context(open_backend(options.engine, device=options.device))
+        card, backend = read_engine_card(options.engine), None
+        decode_device = decode_device_before_load(options)
+        if decode_device is None:  # the backend decides where decoding runs: load it first
+            backend = stack.enter_context(open_backend(options.engine, device=options.device))
+            decode_device = device_of(backend.device)
         stats.add_time("setup", time.perf_counter() - t0)
-        card = backend.card
         reporter = open_reporter(card, options)
         schema = (RowSchema if reporter is None else reporter.schema).for_card(card, options.include_phi,
                                                                                options.site)
@@ -62,12 +66,16 @@ def screen(options: ScreenOptions) -> dict:
             state = stack.enter_context(StateDB(options.state, state_profile(card.model_id, options)))
             if options.dicomweb is not None:
                 last_run = options.dicomweb.last_run(state)
-        writer = stack.enter_context(open_writer(options.out, schema.columns, options.fmt))
         producer = stack.enter_context(_Producer(
             chunks(candidates(options, last_run=last_run), state, options.batch_size, stats,
                    reusable=reusable_rows(options)),
-            lambda: open_decoder(card, backend, options), stats,
+            lambda: open_decoder(card, decode_device, options), stats,
             decode=options.dicomweb.decode if options.dicomweb is not None else None))
+        if backend is None:  # decoding already runs in the producer: the model loads meanwhile
+            t0 = time.perf_counter()
+            backend = stack.enter_context(open_backend(options.engine, device=options.device))
+            stats.add_time("setup", time.perf_counter() - t0)
+        writer = stack.enter_context(open_writer(options.out, schema.columns, options.fmt))
         progress = _Progress(options, stats) if options.progress else None
         try:
             for chunk in producer:

@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 
 from dcx.core.artefact import sha256_file
 from dcx.core.card import dcx_version
-from dcx.core.devices import device_of
+from dcx.core.devices import check_device, gpu_available
 from dcx.core.dicom import SeriesRules
 from dcx.core.drift import BINS, add_score
 from dcx.core.errors import DcxError
@@ -205,8 +205,16 @@ def chunks(candidates: Iterable[Candidate], state: StateDB | None, batch_size: i
         yield chunk
 
 
-def open_decoder(card, backend, options: ScreenOptions):
-    return Decoder(card.preprocess(), device=device_of(backend.device),
+def decode_device_before_load(options: ScreenOptions) -> str | None:
+    """``cpu`` when decoding is on the CPU whatever the model's backend does (device cpu, or no
+    GPU at all), so decoding may start while the model loads; None when only the loaded
+    backend can tell (device auto or gpu on a machine with a GPU)."""
+    return "cpu" if check_device(options.device) == "cpu" or not gpu_available() else None
+
+
+def open_decoder(card, device: str, options: ScreenOptions):
+    """The decoder for ``card``'s input contract on ``device`` (``cpu`` or ``gpu``)."""
+    return Decoder(card.preprocess(), device=device,
                    batch_size=options.batch_size, num_threads=options.decode_threads,
                    include_phi=options.include_phi, series_rules=SeriesRules() if options.series_rules else None)
 
