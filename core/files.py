@@ -69,6 +69,12 @@ def _strict(value):
     return value
 
 
+def cache_dir() -> Path:
+    """Where dcx keeps what is slow to make and safe to remake (TensorRT timing caches, OpenVINO
+    compiled models): ``$DCX_CACHE_DIR``, default ``~/.cache/dcx``."""
+    return Path(os.environ.get("DCX_CACHE_DIR", Path.home() / ".cache" / "dcx"))
+
+
 def usable_cores() -> int:
     """CPU cores this process may run on (affinity and container limits, where the OS says)."""
     try:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from dcx.core.artefact import INPUT_NAME, read_sidecar, sha256_file, sidecar_path
 from dcx.core.errors import DcxError
-from dcx.core.files import atomic_path, write_json
+from dcx.core.files import atomic_path, cache_dir, write_json
 from dcx.engine.backends.trt_runtime import import_runtime
 
 #: Exit status of dcx-export when the ONNX artefacts were written but the plan could not be built.
@@ -45,7 +45,7 @@ def tensorrt_unavailable_reason() -> str | None:
 
 
 def default_timing_cache(environment: dict) -> Path:
-    root = Path(os.environ.get("DCX_CACHE_DIR", Path.home() / ".cache" / "dcx"))
+    root = cache_dir()
     gpu = "".join(c if c.isalnum() else "-" for c in environment["gpu_name"])
     return root / f"tensorrt-{environment['version']}-{gpu}-sm{environment['compute_capability']}.timing-cache"
 

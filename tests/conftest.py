@@ -6,6 +6,7 @@ The synthetic archive and the model are made once per test session through the r
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,9 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # Progress lines would interleave with the command output the tests read; tests/test_progress.py
 # switches them on where they are the subject.
 os.environ["DCX_PROGRESS_SECONDS"] = "0"
+# Caches (OpenVINO compiled models, TensorRT timing caches) go to a folder of this test session,
+# not to the user's ~/.cache/dcx.
+os.environ["DCX_CACHE_DIR"] = tempfile.mkdtemp(prefix="dcx-test-cache-")
 
 
 def invoke(command, args, expect_exit: int | None = 0):

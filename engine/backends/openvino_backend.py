@@ -11,6 +11,8 @@ through this very backend, so an OpenVINO artefact is never served by another ru
 The model is compiled for latency with one stream and ``threads`` inference threads (default:
 one per usable core), explicit f32 inference precision (no silent bf16 on CPUs that have it:
 the export gates were measured in f32) and no CPU pinning (the decoder threads share the cores).
+Compiled models are cached under ``$DCX_CACHE_DIR/openvino`` (OpenVINO keys them by model and
+settings and recompiles on any change), so a nightly run does not compile the same model again.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch
 
 from dcx.core.artefact import INPUT_NAME, OOD_OUTPUT, OUTPUT_NAMES, read_card, read_precision
 from dcx.core.errors import DcxError
-from dcx.core.files import usable_cores
+from dcx.core.files import cache_dir, usable_cores
 
 from .base import Backend
 
@@ -45,8 +47,10 @@ class OpenVinoBackend(Backend):
         self.device = torch.device("cpu")
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": threads or usable_cores(),
                   "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False}
+        core = ov.Core()
+        core.set_property({"CACHE_DIR": os.fspath(cache_dir() / "openvino")})
         try:
-            self.compiled = ov.Core().compile_model(os.fspath(path), "CPU", config)
+            self.compiled = core.compile_model(os.fspath(path), "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError with multi-line messages
             raise DcxError(f"{path}: OpenVINO cannot load it ({type(exc).__name__}: "
                            f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''})") from exc

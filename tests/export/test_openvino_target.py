@@ -13,8 +13,10 @@ import torch
 from conftest import invoke
 from dcx.core.artefact import RUNTIME_KEY, read_runtime, sidecar_path
 from dcx.core.errors import DcxError
+from dcx.core.files import cache_dir
 from dcx.engine.backends import open_backend
 from dcx.engine.cli import main as infer_main
+from dcx.engine.results import partial_path
 from dcx.export.cli import main
 from dcx.export.samples import Batches, evaluation_samples
 
@@ -48,6 +50,8 @@ def test_int8_for_openvino_is_verified_and_served_by_openvino(openvino_int8, tra
     assert probs.shape == ref_probs.shape and probs.dtype == np.float32 and cam.shape == ref_cam.shape
     assert np.abs(probs - ref_probs).max() < 0.05  # INT8 close to FP32, not a different model
     assert np.allclose(probs.sum(1), 1, atol=1e-4) and (ood is None) == (ref_ood is None)
+    # compiled once, then loaded from $DCX_CACHE_DIR/openvino (conftest points it at a test folder)
+    assert list((cache_dir() / "openvino").glob("*.blob"))
 
 
 def test_fp32_for_openvino_matches_pytorch(trained_checkpoint, tmp_path):
@@ -77,6 +81,18 @@ def test_openvino_artefact_refuses_the_gpu_a_plan_and_a_missing_runtime(openvino
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
     with pytest.raises(DcxError, match=r"not installed: pip install 'dcx\[openvino\]'"):
         open_backend(out, device="cpu")
+
+
+def test_a_model_that_fails_to_load_while_decoding_starts_leaves_no_output(openvino_int8, synth_archive, tmp_path,
+                                                                           monkeypatch):
+    """On a CPU, decoding starts before the model loads; a model that then fails to load (here:
+    OpenVINO missing) is one Error line, with no result table and no partial table left behind."""
+    out, _ = openvino_int8
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    result = invoke(infer_main, ["--engine", out, synth_archive, "--device", "cpu", "--out", tmp_path / "r.csv"],
+                    expect_exit=1)
+    assert result.output.startswith("Error:") and "not installed" in result.output
+    assert not (tmp_path / "r.csv").exists() and not partial_path(tmp_path / "r.csv").exists()
 
 
 def test_unknown_runtime_is_refused(openvino_int8, tmp_path):
