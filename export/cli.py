@@ -66,9 +66,9 @@ def newest_checkpoint(root: Path) -> Path:
               help="Who runs it: cpu (ONNX Runtime), openvino (OpenVINO on CPUs) or tensorrt; picks the INT8 "
                    "flavour and the runtime that verifies and serves it. Default: tensorrt for a .plan, else cpu.")
 @click.option("--float-layers", type=click.Choice(["first_conv", "head", "none"]), multiple=True,
-              help="INT8: leave these layers in float (repeatable); default first_conv for cpu and openvino (on "
-                   "real radiographs quantizing it flipped screening decisions), none for tensorrt; none "
-                   "quantizes every layer (benchmarks/README.md).")
+              help="INT8: leave these layers in float (repeatable); default head (it keeps the features the OOD score "
+                   "reads in float) and, for cpu and openvino, first_conv (quantizing it flipped screening "
+                   "decisions on real radiographs); none quantizes every layer (benchmarks/README.md).")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=512, show_default=True,
               help="Stratified calibration sample size.")
 @click.option("--eval", "eval_data", type=click.Path(path_type=Path),

@@ -39,7 +39,7 @@ def test_int8_for_openvino_is_verified_and_served_by_openvino(openvino_int8, tra
     assert set(sidecar["verification"]) == {"openvino"} and sidecar["verification"]["openvino"]["passed"]
     assert "OpenVINO vs PyTorch" in result.output and "int8 for openvino" in result.output
     calibration = sidecar["calibration"]
-    assert calibration["target"] == "openvino" and calibration["float_layers"] == ["first_conv"]
+    assert calibration["target"] == "openvino" and calibration["float_layers"] == ["first_conv", "head"]
 
     with open_backend(out, device="auto") as backend, open_backend(trained_checkpoint, device="cpu") as reference:
         assert backend.name == "openvino" and backend.precision == "int8" and backend.device.type == "cpu"
