@@ -123,15 +123,26 @@ class DicomWebClient:
         """WADO-RS: store the instance at ``instance_url`` as a DICOM file ``dest`` (its size).
 
         The multipart answer is streamed to disk and its one part cut out in place: memory
-        holds a megabyte at a time whatever the image size. Raises :class:`InstanceError` for a
-        problem of this instance alone, :class:`DcxError` when the server fails."""
-        with self.request("GET", instance_url, headers={"Accept": _ACCEPT_DICOM}, stream=True,
-                          allow_status=(404, 406, 410)) as response:
-            if response.status_code != 200:
-                raise InstanceError(f"WADO-RS answered {response.status_code} {response.reason} for this instance")
-            boundary = _boundary(response.headers.get("Content-Type", ""))
-            size = _stream_part(response, dest, boundary, max_bytes)
-        return size
+        holds a megabyte at a time whatever the image size. A body cut off midway (a PACS
+        restarting) is fetched again, as :meth:`request` retries. Raises :class:`InstanceError`
+        for a problem of this instance alone, :class:`DcxError` when the server fails."""
+        import requests
+
+        for attempt in range(self.retries + 1):
+            try:
+                with self.request("GET", instance_url, headers={"Accept": _ACCEPT_DICOM}, stream=True,
+                                  allow_status=(404, 406, 410)) as response:
+                    if response.status_code != 200:
+                        raise InstanceError(f"WADO-RS answered {response.status_code} {response.reason} "
+                                            "for this instance")
+                    boundary = _boundary(response.headers.get("Content-Type", ""))
+                    return _stream_part(response, dest, boundary, max_bytes)
+            except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError,
+                    requests.exceptions.Timeout) as exc:
+                problem = _short(exc)
+            if attempt < self.retries:
+                time.sleep(min(self.backoff * 2 ** attempt, 30.0))
+        raise self._gave_up(instance_url, problem)
 
     def metadata(self, instance_url: str) -> dict:
         """WADO-RS metadata of one instance: its DICOM JSON object (bulk data left out)."""
@@ -199,8 +210,11 @@ class DicomWebClient:
                 problem = f"{status} {response.reason}"
             if attempt < self.retries:
                 time.sleep(min(self.backoff * 2 ** attempt, 30.0))
-        raise DcxError(f"DICOMweb server {_host(url)} failed {self.retries + 1} times ({problem}); "
-                       "finished rows are kept: rerun the same command to resume")
+        raise self._gave_up(url, problem)
+
+    def _gave_up(self, url: str, problem: str) -> DcxError:
+        return DcxError(f"DICOMweb server {_host(url)} failed {self.retries + 1} times ({problem}); "
+                        "finished rows are kept: rerun the same command to resume")
 
     def close(self) -> None:
         self.session.close()

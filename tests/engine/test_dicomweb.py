@@ -399,7 +399,7 @@ class _HostilePacs(http.server.BaseHTTPRequestHandler):
         if path == f"{base}/1.2.3/series":
             return self._json([{"0020000E": {"vr": "UI", "Value": ["1.2.3.4"]}, "00080060": {"vr": "CS", "Value": ["DX"]}}])
         if path == f"{base}/1.2.3/series/1.2.3.4/instances":
-            return self._json([{"00080018": {"vr": "UI", "Value": [uid]}} for uid in ("1.1", "1.2", "1.3")])
+            return self._json([{"00080018": {"vr": "UI", "Value": [uid]}} for uid in ("1.1", "1.2", "1.3", "1.4")])
         sop = path.rsplit("/", 1)[1]
         if sop == "1.1" and self.hits[path] <= 2:
             return self._send(503, "text/plain", b"busy")
@@ -408,15 +408,19 @@ class _HostilePacs(http.server.BaseHTTPRequestHandler):
             return self._send(200, 'multipart/related; type="application/dicom"; boundary=XyZ', part + b"\r\n--XyZ--\r\n")
         if sop == "1.2":
             return self._send(200, 'multipart/related; type="application/dicom"; boundary=XyZ', part[:-100])
+        if sop == "1.4":  # the first answer is cut off mid-body (a PACS restarting): retried
+            whole = part + b"\r\n--XyZ--\r\n"
+            body = whole[: len(whole) // 2] if self.hits[path] == 1 else whole
+            return self._send(200, 'multipart/related; type="application/dicom"; boundary=XyZ', body, len(whole))
         return self._send(200, "text/html", b"<html>login</html>")
 
     def _json(self, value):
         self._send(200, "application/dicom+json", json.dumps(value).encode())
 
-    def _send(self, status, content_type, body):
+    def _send(self, status, content_type, body, length=None):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(body) if length is None else length))
         self.end_headers()
         self.wfile.write(body)
 
@@ -442,6 +446,8 @@ def test_retries_busy_answers_and_makes_malformed_ones_error_rows(model, tmp_pat
     assert _HostilePacs.hits["/dicom-web/studies/1.2.3/series/1.2.3.4/instances/1.1"] == 3
     assert rows["1.2"]["status"] == "error" and "closing boundary" in rows["1.2"]["reason"]
     assert rows["1.3"]["status"] == "error" and "not multipart" in rows["1.3"]["reason"]
+    assert rows["1.4"]["status"] == "ok", rows["1.4"]["reason"]
+    assert _HostilePacs.hits["/dicom-web/studies/1.2.3/series/1.2.3.4/instances/1.4"] == 2
 
 
 def test_study_date_filters():
