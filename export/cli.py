@@ -31,7 +31,7 @@ Targets (who runs the artefact; recorded in the sidecar and the ONNX metadata):
   cpu (default for .onnx): ONNX Runtime on CPUs; INT8 with uint8 asymmetric activations and
       7-bit per-channel weights (full 8-bit weights saturate its kernels on CPUs without VNNI);
   openvino: OpenVINO on CPUs (pip install 'dcx[openvino]'), verified and served by OpenVINO;
-      INT8 with symmetric int8 Q/DQ; the cheapest CPU path measured here (benchmarks/README.md);
+      the same INT8 graph as cpu; the cheapest CPU path measured here (benchmarks/README.md);
   tensorrt (default, and required, for .plan): symmetric int8 Q/DQ as TensorRT consumes it.
 An INT8 ONNX made for cpu or openvino is refused as the source of a plan.
 
