@@ -39,7 +39,8 @@ An INT8 ONNX made for cpu or openvino is refused as the source of a plan.
 Verification: fp32 must match PyTorch within 1e-4 on every probability (else the export
 fails). fp16/int8 run over the validation split recorded in the checkpoint (or --eval DATA):
 sensitivity or specificity moved by more than 1 point, screening decisions agreeing on fewer
-than 99% of the images, or no validation data at all fails the export and removes the
+than 99% of the images, out-of-distribution scores moved by more than 25% on average, or no
+validation data at all fails the export and removes the
 artefact (its .json and calibration .csv too), unless --accept-accuracy-loss keeps it.
 
 \b
