@@ -40,8 +40,8 @@ Verification: fp32 must match PyTorch within 1e-4 on every probability (else the
 fails). fp16/int8 run over the validation split recorded in the checkpoint (or --eval DATA):
 sensitivity or specificity moved by more than 1 point, screening decisions agreeing on fewer
 than 99% of the images, out-of-distribution scores moved by more than 25% on average, or no
-validation data at all fails the export and removes the
-artefact (its .json and calibration .csv too), unless --accept-accuracy-loss keeps it.
+validation data at all fails the export and removes the artefact (its .json and calibration
+.csv too), unless --accept-accuracy-loss keeps it.
 
 \b
 Exit status: 0 done, 1 error, 3 ONNX written and verified but no plan (this machine lacks
