@@ -152,9 +152,11 @@ def _parsed(text: str):
 def read_runtime(onnx_path: str | os.PathLike) -> str:
     """The runtime an ONNX artefact was exported and verified for (sidecar first, then metadata;
     artefacts from before runtimes were recorded: onnxruntime)."""
-    payload = read_sidecar(onnx_path)
-    runtime = (payload or {}).get("artefact", {}).get("runtime") or onnx_metadata(onnx_path).get(RUNTIME_KEY)
-    runtime = runtime or "onnxruntime"
+    payload = read_sidecar(onnx_path)  # written with the metadata: no need to parse the graph too
+    if payload is not None:
+        runtime = payload.get("artefact", {}).get("runtime", "onnxruntime")
+    else:
+        runtime = onnx_metadata(onnx_path).get(RUNTIME_KEY, "onnxruntime")
     if runtime not in ONNX_RUNTIMES:
         raise DcxError(f"{onnx_path} was exported for runtime {runtime!r}, which this dcx does not know "
                        f"({', '.join(ONNX_RUNTIMES)})")

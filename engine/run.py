@@ -52,11 +52,13 @@ def screen(options: ScreenOptions) -> dict:
     completed = False
     with contextlib.ExitStack() as stack:  # closes in reverse: writer, backend, producer, state (or backend last)
         t0 = time.perf_counter()
-        card, backend = read_engine_card(options.engine), None
+        backend = None
         decode_device = decode_device_before_load(options)
         if decode_device is None:  # the backend decides where decoding runs: load it first
             backend = stack.enter_context(open_backend(options.engine, device=options.device))
-            decode_device = device_of(backend.device)
+            card, decode_device = backend.card, device_of(backend.device)
+        else:  # from the sidecar: the model loads later, while decoding runs
+            card = read_engine_card(options.engine)
         stats.add_time("setup", time.perf_counter() - t0)
         reporter = open_reporter(card, options)
         schema = (RowSchema if reporter is None else reporter.schema).for_card(card, options.include_phi,

@@ -208,7 +208,10 @@ def chunks(candidates: Iterable[Candidate], state: StateDB | None, batch_size: i
 def decode_device_before_load(options: ScreenOptions) -> str | None:
     """``cpu`` when decoding is on the CPU whatever the model's backend does (device cpu, or no
     GPU at all), so decoding may start while the model loads; None when only the loaded
-    backend can tell (device auto or gpu on a machine with a GPU)."""
+    backend can tell (device auto or gpu on a machine with a GPU), or when the model card
+    comes only with the weights (a ``.pt`` checkpoint: reading it is loading it)."""
+    if Path(options.engine).suffix.lower() == ".pt":
+        return None
     return "cpu" if check_device(options.device) == "cpu" or not gpu_available() else None
 
 

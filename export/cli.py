@@ -9,6 +9,7 @@ from dcx.core.errors import Command, DcxError
 
 from dcx.core.artefact import PRECISIONS
 from .pipeline import ExportRequest, run_export
+from .precision import FLOAT_LAYERS, TARGETS
 
 EPILOG = """\b
 Examples:
@@ -63,10 +64,10 @@ def newest_checkpoint(root: Path) -> Path:
 @click.option("--calib", type=click.Path(path_type=Path),
               help="INT8 calibration images (folder of class folders or manifest CSV); default: the "
                    "training split recorded in the checkpoint. Only its training-split images are used.")
-@click.option("--target", type=click.Choice(["cpu", "openvino", "tensorrt"]),
+@click.option("--target", type=click.Choice(TARGETS),
               help="Who runs it: cpu (ONNX Runtime), openvino (OpenVINO on CPUs) or tensorrt; picks the INT8 "
                    "flavour and the runtime that verifies and serves it. Default: tensorrt for a .plan, else cpu.")
-@click.option("--float-layers", type=click.Choice(["first_conv", "head", "none"]), multiple=True,
+@click.option("--float-layers", type=click.Choice(FLOAT_LAYERS), multiple=True,
               help="INT8: leave these layers in float (repeatable); default head (it keeps the features the OOD score "
                    "reads in float) and, for cpu and openvino, first_conv (quantizing it flipped screening "
                    "decisions on real radiographs); none quantizes every layer (benchmarks/README.md).")
