@@ -11,7 +11,9 @@ of the whole path cannot exceed ``cores / (decode + inference CPU seconds per im
 - **codec only**: DALI's image decoder alone (no resize, no checks) on the raster files the
   engine decoder handed to DALI: the floor no decoder of these files can go under;
 - **DCT-scaled** (CPU only): the engine decoder with ``dct_scaling=True`` -- large JPEGs decoded
-  at reduced DCT scale, within the bound :data:`dcx.engine.decode.DCT_MAX_ABS` of the contract.
+  at reduced DCT scale, within the bound :data:`dcx.engine.decode.DCT_MAX_ABS` of the contract;
+- **DALI resize** (CPU only): the engine decoder with ``dali_resize=True`` -- DALI resizes with
+  the edge correction, as on a GPU, instead of the contract's own letterbox after decoding.
 """
 from __future__ import annotations
 
@@ -32,8 +34,8 @@ def bench_decoding(files: list[str], engine: str | os.PathLike, *, batch_size: i
     engine_decoder, by_dali = _bench_engine_decoder(files, preprocess, batch_size, threads, device)
     record = {"engine_decoder": engine_decoder, "codec_only": _bench_codec(by_dali, batch_size, threads, device)}
     if device == "cpu":
-        record["dct_scaled"], _ = _bench_engine_decoder(files, preprocess, batch_size, threads, device,
-                                                        dct_scaling=True)
+        for name, option in (("dct_scaled", "dct_scaling"), ("dali_resize", "dali_resize")):
+            record[name], _ = _bench_engine_decoder(files, preprocess, batch_size, threads, device, **{option: True})
     return record
 
 
@@ -43,7 +45,7 @@ def cpu_ceiling(cores: int, *cpu_ms_per_image: float) -> float:
 
 
 def _bench_engine_decoder(files, preprocess, batch_size: int, threads: int, device: str, *,
-                          dct_scaling: bool = False) -> tuple[dict, list[str]]:
+                          dct_scaling: bool = False, dali_resize: bool | None = None) -> tuple[dict, list[str]]:
     """The decoder's record, and the raster files it decoded with DALI (the codec's input)."""
     by_dali: list[str] = []
 
@@ -54,13 +56,15 @@ def _bench_engine_decoder(files, preprocess, batch_size: int, threads: int, devi
         return len(decoded.images)
 
     with Decoder(preprocess, device=device, batch_size=batch_size, num_threads=threads,
-                 dct_scaling=dct_scaling) as decoder:
+                 dct_scaling=dct_scaling, dali_resize=dali_resize) as decoder:
         decoder.decode(files[:batch_size])  # warm-up: builds the pipelines
         record = _timed(decode, files, batch_size)
         record["dct_scaled_files"] = decoder.counts["dct-scaled"]
     what = "dcx.engine.decode.Decoder (read, checks, DALI decode, letterbox)"
     if dct_scaling:
         what = "the same with dct_scaling=True (large JPEGs decoded at 1/2..1/8 DCT scale)"
+    if dali_resize:
+        what = "the same with dali_resize=True (DALI resizes, with the edge correction, as on a GPU)"
     return {**record, "what": what}, by_dali
 
 

@@ -275,6 +275,8 @@ def markdown(report: dict) -> str:
     if "dct_scaled" in decoding:
         parts.append((f"decoding only: the engine's decoder, DCT-scaled JPEG "
                       f"({decoding['dct_scaled']['dct_scaled_files']} files scaled)", decoding["dct_scaled"]))
+    if "dali_resize" in decoding:
+        parts.append(("decoding only: the engine's decoder, DALI resizing as on a GPU", decoding["dali_resize"]))
     for label, part in parts:
         if part["images"]:
             rows.append([f"{label}, {part['images']} images", rep.fmt(part["images_per_s"]), "one pass",

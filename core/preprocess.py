@@ -110,13 +110,20 @@ def letterbox_geometry(height: int, width: int, size: int) -> tuple[int, int, in
     return h, w, (size - h) // 2, (size - w) // 2
 
 
-def letterbox(image: torch.Tensor, size: int, pad_value: float = 0.0) -> torch.Tensor:
-    """(C, H, W) or (N, C, H, W) -> same rank at size x size, aspect kept, centred, padded."""
+def letterbox(image: torch.Tensor, size: int, pad_value: float = 0.0, *, scale: float = 1.0,
+              offset: float = 0.0) -> torch.Tensor:
+    """(C, H, W) or (N, C, H, W) -> same rank at size x size, aspect kept, centred, padded.
+
+    ``scale`` and ``offset`` map values linearly after the resize (``unit = scale * value +
+    offset``; they commute, the filter's weights sum to 1), so a caller holding raw decoded
+    values need not map the full-resolution image first."""
     batched = image.ndim == 4
     x = image if batched else image.unsqueeze(0)
     h, w, top, left = letterbox_geometry(x.shape[-2], x.shape[-1], size)
     if (h, w) != tuple(x.shape[-2:]):
         x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    if scale != 1.0 or offset != 0.0:
+        x = x * scale + offset
     out = x.new_full((x.shape[0], x.shape[1], size, size), pad_value)
     out[:, :, top : top + h, left : left + w] = x
     return out if batched else out[0]

@@ -2,10 +2,14 @@
 
 One pipeline definition, :func:`letterbox_pipeline`, reproduces the preprocessing contract of
 :mod:`dcx.core.preprocess` (unit gray, letterbox with bilinear antialiasing, centred, padded).
-Two choices are fixed when it is built:
+Three choices are fixed when it is built:
 
 * the **device**: ``cpu`` (``device_id=None``) or ``gpu`` (the decoder runs as ``mixed``, so JPEG
   and JPEG 2000 decode on nvJPEG / nvJPEG2000 and everything after runs on the GPU);
+* where the **resize** runs: in DALI (on the GPU), or, on the CPU by default, in the contract's
+  own :func:`~dcx.core.preprocess.letterbox` after DALI has decoded
+  (:meth:`LetterboxPipeline._letterbox_on_host`): exact by construction and cheaper there, as
+  DALI's CPU resize plus the edge correction below cost more than torch's resize;
 * the **kind** of input, because DALI decodes a whole batch to one type:
 
   - ``gray8``: 8-bit single channel (most radiographs, 8-bit DICOM frames), decoded as uint8;
@@ -24,7 +28,7 @@ Python feeds, per sample, the bytes and numbers it derived from the header (the 
 trusts the decoded size silently: it is returned and checked): the letterbox geometry from the
 core :func:`~dcx.core.preprocess.letterbox_geometry`, and ``unit = scale * value + offset``.
 
-**Edges.** DALI's antialiased linear filter equals torch's (PIL's) inside the image to ~4e-6,
+**Edges** (when DALI resizes). DALI's antialiased linear filter equals torch's (PIL's) inside the image to ~4e-6,
 but at the borders DALI repeats the edge pixel where torch renormalises the filter over the
 pixels inside; on real radiographs that moved the outermost rows by up to 0.11. Both are linear
 and separable, so the difference is fixed at output resolution (no full-resolution padded
@@ -42,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dcx.core.preprocess import LUMA_WEIGHTS, letterbox_geometry
+from dcx.core.preprocess import LUMA_WEIGHTS, letterbox, letterbox_geometry
 
 from .stage_clock import StageClock
 
@@ -51,12 +55,16 @@ from .stage_clock import StageClock
 CLOCK_STAGES = ("setup", "decode", "preprocess")
 
 KINDS = ("gray8", "rgb8", "gray16", "raw16")
+_LUMA = torch.tensor(LUMA_WEIGHTS, dtype=torch.float32)
 _INPUTS = ("encoded", "clamp_lo", "clamp_hi", "resized", "above", "below", "left", "right",
            "gain", "offset", "box_anchor")
 
 
-def _inputs(kind: str) -> tuple[str, ...]:
-    """The external sources a pipeline of ``kind`` has (only the 16-bit kinds clamp)."""
+def _inputs(kind: str, resize: bool) -> tuple[str, ...]:
+    """The external sources a pipeline of ``kind`` has (only the 16-bit kinds clamp; one that
+    only decodes takes the bytes alone)."""
+    if not resize:
+        return ("encoded",)
     return _INPUTS if kind.endswith("16") else tuple(n for n in _INPUTS if not n.startswith("clamp"))
 
 
@@ -80,15 +88,17 @@ class BatchFailed(RuntimeError):
     """DALI refused the batch (it cannot say which sample); the pipeline was rebuilt."""
 
 
-def letterbox_pipeline(kind: str, gpu: bool, size: int, pad_value: float = 0.0, **pipeline_args):
+def letterbox_pipeline(kind: str, gpu: bool, size: int, pad_value: float = 0.0, *, resize: bool = True,
+                       **pipeline_args):
     """Build the pipeline for ``kind`` on the CPU or GPU (``pipeline_args``: batch_size,
-    num_threads, device_id, ...). Outputs: images (S, S, 1) float32 and decoded sizes (H, W[, C])."""
+    num_threads, device_id, ...). Outputs: images (S, S, 1) float32 and decoded sizes (H, W[, C]);
+    without ``resize``, the decoded images themselves (H, W, C; uint8 or uint16)."""
     from nvidia.dali import fn, pipeline_def, types
     import nvidia.dali.math as dmath
 
     @pipeline_def(**pipeline_args)
     def definition():
-        feed = {name: fn.external_source(name=name, batch=True) for name in _inputs(kind)}
+        feed = {name: fn.external_source(name=name, batch=True) for name in _inputs(kind, resize)}
         on_device = {k: (v.gpu() if gpu else v) for k, v in feed.items()
                      if k in ("clamp_lo", "clamp_hi", "above", "below", "left", "right", "gain", "offset")}
         # jpeg_fancy_upsampling: chroma upsampled as libjpeg (Pillow, the reference) does, on
@@ -104,6 +114,8 @@ def letterbox_pipeline(kind: str, gpu: bool, size: int, pad_value: float = 0.0, 
             dtype = types.UINT16 if kind == "gray16" else types.UINT8
             image = decoded = fn.decoders.image(feed["encoded"], output_type=types.GRAY, dtype=dtype,
                                                 **decoder)
+        if not resize:
+            return decoded, decoded.shape()
         if kind.endswith("16"):
             image = dmath.clamp(image, on_device["clamp_lo"], on_device["clamp_hi"])
         linear = dict(interp_type=types.INTERP_LINEAR, antialias=True, dtype=types.FLOAT)
@@ -143,11 +155,15 @@ class LetterboxPipeline:
     """
 
     def __init__(self, kind: str, *, size: int, pad_value: float = 0.0, device: str = "cpu",
-                 batch_size: int = 32, num_threads: int = 2, clock: StageClock | None = None):
+                 batch_size: int = 32, num_threads: int = 2, clock: StageClock | None = None,
+                 dali_resize: bool | None = None):
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}")
         self.kind, self.size, self.pad_value = kind, size, pad_value
         self.gpu, self.batch_size = device == "gpu", batch_size
+        self.dali_resize = self.gpu if dali_resize is None else dali_resize
+        if self.gpu and not self.dali_resize:
+            raise ValueError("on the GPU, DALI resizes")
         self._args = dict(batch_size=batch_size, num_threads=num_threads, prefetch_queue_depth=1,
                           device_id=torch.cuda.current_device() if self.gpu else None)
         self.builds = 0
@@ -157,7 +173,8 @@ class LetterboxPipeline:
 
     def _build(self):
         with self.clock("setup"):
-            pipe = letterbox_pipeline(self.kind, self.gpu, self.size, self.pad_value, **self._args)
+            pipe = letterbox_pipeline(self.kind, self.gpu, self.size, self.pad_value, resize=self.dali_resize,
+                                      **self._args)
             pipe.build()
         self.builds += 1
         return pipe
@@ -169,7 +186,7 @@ class LetterboxPipeline:
             raise ValueError(f"{len(samples)} samples for a batch of {self.batch_size}")
         with self.clock("preprocess"):
             feeds = [self._feed(s) for s in samples]
-            for name in _inputs(self.kind):
+            for name in _inputs(self.kind, self.dali_resize):
                 self._pipe.feed_input(name, [feed[name] for feed in feeds])
         self._wait_for_copy_out()
         try:
@@ -184,11 +201,33 @@ class LetterboxPipeline:
         with self.clock("preprocess"):
             shapes = shapes.as_cpu() if hasattr(shapes, "as_cpu") else shapes  # on the GPU in mixed mode
             decoded = [(int(h), int(w)) for h, w in np.array(shapes.as_tensor())[:, :2]]
+            if not self.dali_resize:
+                return self._letterbox_on_host(images, samples), decoded
             return self._copy_out(images.as_tensor(), len(samples)), decoded
+
+    def _letterbox_on_host(self, images, samples: list[Sample]) -> np.ndarray:
+        """Letterbox DALI's decoded images with the contract's own code (luma at full resolution,
+        then :func:`~dcx.core.preprocess.letterbox`): exact by construction, and cheaper on a CPU
+        than DALI's resize with the edge correction (``dcx-bench throughput``'s decoding rows)."""
+        out = np.empty((len(samples), 1, self.size, self.size), dtype=np.float32)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # this thread's only (OpenMP): the model's threads keep the other cores
+        try:
+            for k, s in enumerate(samples):
+                pixels = torch.from_numpy(np.asarray(images[k])).to(torch.float32)  # H x W x C
+                if self.kind.endswith("16"):
+                    pixels.clamp_(*s.clamp)
+                gray = pixels[:, :, 0] if pixels.shape[2] == 1 else pixels[:, :, :3] @ _LUMA
+                out[k] = letterbox(gray[None], self.size, self.pad_value, scale=s.scale, offset=s.offset).numpy()
+        finally:
+            torch.set_num_threads(threads)
+        return out
 
     def _feed(self, s: Sample) -> dict:
         """The per-sample inputs: geometry from the core letterbox_geometry, the zero margins
         (wider than the filter's reach), the value mapping with the edge normaliser folded in."""
+        if not self.dali_resize:
+            return {"encoded": s.data}
         h, w, top, left = letterbox_geometry(s.height, s.width, self.size)
         shares = dict(zip(("above", "below", "left", "right"), edge_shares(s.height, s.width, h, w)))
         return {

@@ -117,6 +117,11 @@ class Decoder:
     """Decode batches of files for the engine (see the module docstring). A context manager;
     one pipeline per input kind, built on first use and reused; not thread-safe.
 
+    ``dali_resize``: where the letterbox resize runs. By default in DALI on the GPU and, on the
+    CPU, in the contract's own code after DALI decodes (:class:`LetterboxPipeline`); True on the
+    CPU runs the GPU's resize graph on DALI's CPU operators, which is how its edge correction is
+    tested where there is no GPU.
+
     ``counts`` tallies images by path (``dali``, ``reference``) and ``failed_batches``;
     ``timings`` holds cumulative busy seconds per stage: ``read`` (reading bytes, sniffing,
     headers), ``decode`` (DALI runs, reference decoding), ``preprocess`` (feeding geometry,
@@ -125,11 +130,14 @@ class Decoder:
 
     def __init__(self, preprocess: Preprocess, *, device: str = "cpu", batch_size: int = 32,
                  num_threads: int = 2, include_phi: bool = False,
-                 series_rules: dicom.SeriesRules | None = None, dct_scaling: bool = False):
+                 series_rules: dicom.SeriesRules | None = None, dct_scaling: bool = False,
+                 dali_resize: bool | None = None):
         if device not in ("cpu", "gpu"):
             raise DcxError(f"decoder device must be 'cpu' or 'gpu', got {device!r}")
         if device == "gpu" and not torch.cuda.is_available():
             raise DcxError("GPU decoding needs a CUDA device; torch sees none (use device 'cpu')")
+        if device == "gpu" and dali_resize is False:
+            raise DcxError("on the GPU the letterbox resize runs in DALI (dali_resize must not be False)")
         if batch_size < 1 or num_threads < 1:
             raise DcxError("batch size and decode threads must be at least 1")
         if not module_available("nvidia.dali"):  # fail here, with advice, not mid-run
@@ -138,6 +146,7 @@ class Decoder:
         self.batch_size, self.num_threads = batch_size, num_threads
         self.include_phi, self.series_rules = include_phi, series_rules
         self.dct_scaling = dct_scaling and device == "cpu"  # nvJPEG on a GPU gains nothing from it
+        self.dali_resize = dali_resize
         self.counts: Counter = Counter()
         self._torch_device = torch.device("cuda" if device == "gpu" else "cpu")
         self._pipelines: dict[str, LetterboxPipeline] = {}
@@ -220,7 +229,8 @@ class Decoder:
         if kind not in self._pipelines:
             self._pipelines[kind] = LetterboxPipeline(
                 kind, size=self.preprocess.size, pad_value=self.preprocess.pad_value, device=self.device,
-                batch_size=self.batch_size, num_threads=self.num_threads, clock=self._clock)
+                batch_size=self.batch_size, num_threads=self.num_threads, clock=self._clock,
+                dali_resize=self.dali_resize)
         return self._pipelines[kind]
 
     def _use_reference(self, item: _Item, dali_problem: str) -> None:

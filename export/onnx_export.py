@@ -15,6 +15,7 @@ static convolutional graphs. FP16 and INT8 graphs are derived from this FP32 fil
 """
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import warnings
@@ -45,29 +46,28 @@ class _GraphOutputs(torch.nn.Module):
 
 
 def export_onnx(model: DcxNet, card: ModelCard, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
-                runtime: str = "onnxruntime") -> Path:
-    """Write the FP32 ONNX graph of ``model`` to ``out`` plus the sidecar ``<out>.json``."""
+                runtime: str = "onnxruntime", gray_stem: bool = False) -> Path:
+    """Write the FP32 ONNX graph of ``model`` to ``out`` plus the sidecar ``<out>.json``.
+
+    ``gray_stem``: fold the first convolution for the gray input (:meth:`DcxNet.with_gray_stem`;
+    the same outputs, a cheaper first layer on a CPU)."""
     import onnx
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
-    model.eval()
+    graph_model = copy.deepcopy(model).eval() if not gray_stem else model.with_gray_stem(card.input_size)
     example = torch.zeros(2, 1, card.input_size, card.input_size)
     outputs = list(OUTPUT_NAMES) + ([OOD_OUTPUT] if model.ood is not None else [])
     dynamic = {INPUT_NAME: {0: "N"}, **{name: {0: "N"} for name in outputs}}
-    try:
-        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            raw = Path(tmp) / "raw.onnx"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the legacy-exporter deprecation notice
-                torch.onnx.export(_GraphOutputs(model, card.positive_index), (example,), os.fspath(raw),
-                                  input_names=[INPUT_NAME], output_names=outputs,
-                                  dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True,
-                                  dynamo=False)
-            proto = onnx.load(os.fspath(raw))
-    finally:
-        model.train(was_training)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy-exporter deprecation notice
+            torch.onnx.export(_GraphOutputs(graph_model, card.positive_index), (example,), os.fspath(raw),
+                              input_names=[INPUT_NAME], output_names=outputs,
+                              dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True,
+                              dynamo=False)
+        proto = onnx.load(os.fspath(raw))
     return save_onnx_artefact(proto, card, "fp32", out, runtime=runtime)
 
 

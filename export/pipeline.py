@@ -146,15 +146,16 @@ def _refuse_existing(req: ExportRequest, paths: list[Path]) -> None:
 def _write_onnx(req: ExportRequest, model: DcxNet, card: ModelCard, echo) -> Path:
     source = {"checkpoint": os.fspath(req.source), "checkpoint_sha256": sha256_file(req.source)}
     runtime = precision_mod.RUNTIME_OF_TARGET[req.target]
+    gray_stem = precision_mod.folds_gray_stem(req.target)
     if req.precision == "fp32":
-        path = export_onnx(model, card, req.onnx_out, runtime=runtime)
+        path = export_onnx(model, card, req.onnx_out, runtime=runtime, gray_stem=gray_stem)
         update_sidecar(path, source=source)
     else:
         import onnx
 
         req.onnx_out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=req.onnx_out.parent, prefix=".dcx-export-") as tmp:
-            fp32 = export_onnx(model, card, Path(tmp) / "fp32.onnx")
+            fp32 = export_onnx(model, card, Path(tmp) / "fp32.onnx", gray_stem=gray_stem)
             if req.precision == "fp16":
                 path = save_onnx_artefact(precision_mod.to_fp16(onnx.load(os.fspath(fp32))), card, "fp16",
                                           req.onnx_out, runtime=runtime, source=source)

@@ -120,6 +120,16 @@ def default_float_layers(target: str) -> tuple[str, ...]:
     return ("head",) if target == "tensorrt" else ("first_conv", "head")
 
 
+def folds_gray_stem(target: str) -> bool:
+    """Whether graphs for ``target`` fold the first convolution for the gray input
+    (:class:`dcx.core.models.GrayStem`). On CPUs: their first layer costs a third, which is 7-10%
+    of resnet18's INT8 time in OpenVINO. Not for TensorRT: its INT8 flavour quantizes the first
+    convolution with symmetric activations, and raw [0, 1] gray uses half of that range where
+    normalised pixels used all of it (a test model's decisions then moved: 94.4% agreement);
+    a GPU has compute to spare for the 3-channel layer."""
+    return target != "tensorrt"
+
+
 def float_nodes(model, layers: Iterable[str]) -> list[str]:
     """Names of the graph nodes that make up ``layers`` (see :data:`FLOAT_LAYERS`)."""
     nodes, names = list(model.graph.node), []
@@ -127,12 +137,23 @@ def float_nodes(model, layers: Iterable[str]) -> list[str]:
         if layer == "none":
             continue
         if layer == "first_conv":
-            names += [n.name for n in nodes if n.op_type == "Conv"][:1]
+            names += _first_conv(model.graph)
         elif layer == "head":  # the classifier: dcx heads are a 1x1 Conv (for the CAM), the last compute op
-            names += [n.name for n in nodes if n.op_type in ("Conv", "Gemm", "MatMul")][-1:]
+            names += [n.name for n in nodes if n.op_type in ("Conv", "Gemm", "MatMul")  # before the OOD score's,
+                      and not n.name.startswith(ALWAYS_FLOAT_PREFIX)][-1:]  # wherever the graph's order puts it
         else:
             raise DcxError(f"unknown float layer {layer!r}; choose from {', '.join(FLOAT_LAYERS)}")
     return names
+
+
+def _first_conv(graph) -> list[str]:
+    """The first Conv node, with the Add of a constant right after it: the border map of a
+    stem folded for gray input (:class:`dcx.core.models.GrayStem`), the same layer."""
+    convs = [n for n in graph.node if n.op_type == "Conv"][:1]
+    constants = {t.name for t in graph.initializer}
+    border = [n for n in graph.node if convs and n.op_type == "Add" and convs[0].output[0] in n.input
+              and any(name in constants for name in n.input)]
+    return [n.name for n in convs + border]
 
 
 def quantize_int8(fp32_path: str | os.PathLike, batches: Iterable[np.ndarray], *, target: str,
