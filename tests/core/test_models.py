@@ -114,3 +114,44 @@ def test_model_cost_agrees_with_torchvision_published_operations(arch):
     assert cost["gflops"] / 2 == pytest.approx(published, rel=0.02)
     model = create_model(arch, 3)
     assert cost["params"] == sum(p.numel() for p in model.parameters())
+
+
+def _random_batch_norms(model: torch.nn.Module) -> None:
+    """Fresh models have identity batch norms, which would hide a wrong fold."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+
+
+@pytest.mark.parametrize("arch, border", [("resnet18", True), ("densenet121", True), ("squeezenet1_1", False),
+                                          ("vgg19", True)])
+def test_gray_stem_gives_the_same_outputs_from_one_input_channel(arch, border):
+    """Folding gray -> 3 channels -> normalisation -> first conv (-> batch norm) into one 1-channel
+    convolution is exact, black letterbox borders included (the zero padding of normalised
+    channels is no gray value: the border map carries the difference); squeezenet's unpadded
+    first conv needs no map."""
+    model = create_model(arch, 3, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3)).eval()
+    _random_batch_norms(model)
+    folded = model.with_gray_stem(64)
+    stem = folded.features[0]
+    assert type(stem).__name__ == "GrayStem" and stem.weight.shape[1] == 1
+    assert (stem.border is not None) == border
+    assert isinstance(model.features[0], torch.nn.Conv2d)  # the model itself is untouched
+    x = torch.rand(2, 1, 64, 64)
+    x[:, :, :, :20] = 0  # a letterbox margin
+    with torch.no_grad():
+        expected, got = model.graph_outputs(x, 0), folded.graph_outputs(x, 0)
+        features = model.feature_map(x)
+    torch.testing.assert_close(folded.feature_map(x), features, atol=1e-4 * float(features.abs().max()), rtol=0)
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-4)
+
+
+def test_gray_stem_leaves_a_trunk_without_a_plain_first_conv_as_it_is():
+    model = create_model("mobilenet_v2", 3).eval()  # opens with conv + norm + ReLU6 in one block
+    folded = model.with_gray_stem(64)
+    assert type(folded.features[0]) is type(model.features[0]) and folded is not model

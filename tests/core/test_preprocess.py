@@ -26,6 +26,13 @@ def test_letterbox_antialiases_when_shrinking():
     assert abs(out.mean().item() - 0.5) < 0.01 and out.std().item() < 0.05
 
 
+def test_letterbox_maps_values_after_resizing_as_if_before_and_leaves_the_padding_alone():
+    raw = torch.rand(1, 300, 200) * 4095
+    mapped = letterbox(raw, 64, 0.25, scale=1 / 4095, offset=0.1)
+    torch.testing.assert_close(mapped, letterbox(raw / 4095 + 0.1, 64, 0.25), atol=1e-6, rtol=0)
+    assert torch.all(mapped[0, :, :10] == 0.25)
+
+
 def test_unit_gray_conversions_match_pil_and_bit_depth():
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (8, 9, 3), dtype=np.uint8)

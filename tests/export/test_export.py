@@ -98,6 +98,16 @@ def _qdq_zero_points(model) -> tuple[list, list]:
     return activations, weights
 
 
+def _first_conv_channels(model) -> int:
+    """Input channels of the first convolution's weight (behind its DequantizeLinear if quantized)."""
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    weight = next(n for n in model.graph.node if n.op_type == "Conv").input[1]
+    while weight not in inits:
+        weight = producer[weight].input[0]
+    return inits[weight].shape[1]
+
+
 def _assert_float_io_and_outputs(model) -> None:
     float32 = onnx.TensorProto.FLOAT
     assert all(v.type.tensor_type.elem_type == float32 for v in [*model.graph.input, *model.graph.output])
@@ -148,6 +158,13 @@ def test_cpu_int8_graph_has_uint8_activations_and_int8_per_channel_weights(int8_
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     producer = {o: n.op_type for n in model.graph.node for o in n.output}
     assert producer.get(convs[0].input[1]) != "DequantizeLinear" and producer.get(convs[1].input[1]) == "DequantizeLinear"
+    # CPU graphs read the gray input with a 1-channel first conv (dcx.core.models.GrayStem), whose
+    # border map is added in float too
+    assert _first_conv_channels(model) == 1
+    border = [n for n in model.graph.node if n.op_type == "Add" and convs[0].output[0] in n.input]
+    assert len(border) == 1
+    assert not any(n.op_type == "QuantizeLinear" and n.input[0] in (convs[0].output[0], border[0].output[0])
+                   for n in model.graph.node)
     assert convs[-1].name == "/head/Conv" and producer[convs[-1].input[0]] not in ("DequantizeLinear", "QuantizeLinear")
     # the out-of-distribution score stays float: its matrix product quantized moved the scores of a
     # real-data resnet18 by 169% on average (13 of 90 OOD flags), in float by 5.5% (2 of 90)
@@ -180,6 +197,7 @@ def test_tensorrt_int8_graph_is_symmetric_qdq_and_cannot_be_swapped_for_the_cpu_
     _assert_float_io_and_outputs(model)
     calibration = json.loads(sidecar_path(out).read_text())["calibration"]
     assert calibration["target"] == "tensorrt" and calibration["float_layers"] == ["head"]  # the rest INT8
+    assert _first_conv_channels(model) == 3  # no gray stem: its raw [0, 1] input would use half of symmetric int8
 
     # A plan takes the TensorRT flavour: --target cpu with a .plan, or a CPU graph as a plan's source, is refused.
     assert "made for --target tensorrt, not cpu" in _error([trained_checkpoint, "--precision", "int8", "--target",
