@@ -14,9 +14,10 @@ INT8 graphs for three targets:
     after Conv -- the form TensorRT consumes;
   - ``cpu`` and ``openvino``: asymmetric uint8 activations and ORT's default placement (shared
     Q/DQ pairs, outputs of Conv/ReLU quantized), which ONNX Runtime's CPU provider fuses into
-    QLinearConv kernels and OpenVINO into its own u8 x s8 ones; weights in a 7-bit range
-    (:data:`REDUCE_RANGE_ON_CPU`). The TensorRT flavour is slower than FP32 in ONNX Runtime on
-    a CPU (``benchmarks/README.md``, "INT8 for CPUs").
+    QLinearConv kernels and OpenVINO into its own u8 x s8 ones; standalone batch norms stay
+    float (:data:`CPU_QUANTIZED_OPS`); weights in a 7-bit range for ONNX Runtime
+    (:data:`REDUCE_RANGE_ON_CPU`), full 8-bit for OpenVINO. The TensorRT flavour is slower than
+    FP32 in ONNX Runtime on a CPU (``benchmarks/README.md``, "INT8 for CPUs").
 
 The calibration method (percentile 99.999) and the layers left in float (the first convolution,
 for CPU targets: :func:`default_float_layers`) were chosen by measurement on real radiographs
@@ -67,6 +68,11 @@ FLOAT_LAYERS = ("first_conv", "head", "none")
 #: Ops whose *inputs* get Q/DQ; outputs are never quantized, so probabilities and CAM stay float.
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool", "GlobalAveragePool",
                  "BatchNormalization"]
+#: The same for CPU graphs, less the standalone batch norms (DenseNet's, before each ReLU -> conv;
+#: other trunks' fold into their convolutions at export): quantized, a cxr-dev densenet121 kept
+#: 93.3% of its validation decisions and cost 66.5 CPU-ms per image in OpenVINO; in float 98.9%
+#: and 48.0 (FP32: 71.7). benchmarks/README.md, "CPU screening at 224 px, session 5".
+CPU_QUANTIZED_OPS = [op for op in QUANTIZED_OPS if op != "BatchNormalization"]
 
 #: Placement TensorRT fuses best (as NVIDIA ModelOpt configures this same quantizer): Q/DQ in
 #: front of the compute ops only, one pair per consumer, none after Conv/ReLU/Concat/Softmax.
@@ -76,7 +82,8 @@ TENSORRT_PLACEMENT = {"OpTypesToExcludeOutputQuantization": QUANTIZED_OPS, "Dedi
 
 #: 7-bit weights for ONNX Runtime's CPU kernels: without VNNI (AVX2, AVX-512F) they multiply u8 x s8
 #: pairs into 16 bits, which saturates with full 8-bit weights (measured: 88.9% decision agreement
-#: on a cxr-dev resnet18 at 224 px, 96.7% with 7-bit weights; benchmarks/README.md).
+#: on a cxr-dev resnet18 at 224 px, 96.7% with 7-bit weights; benchmarks/README.md). OpenVINO's
+#: kernels do not saturate: its graphs keep full 8-bit weights.
 REDUCE_RANGE_ON_CPU = True
 
 
@@ -85,11 +92,11 @@ def quantizer_settings(target: str) -> dict:
     from onnxruntime.quantization import QuantType
 
     if target == "tensorrt":
-        return {"activation_type": QuantType.QInt8, "reduce_range": False,
+        return {"activation_type": QuantType.QInt8, "reduce_range": False, "op_types_to_quantize": QUANTIZED_OPS,
                 "extra_options": {"ActivationSymmetric": True, **TENSORRT_PLACEMENT}}
-    if target in ("cpu", "openvino"):  # one CPU graph; OpenVINO measured best on it too (benchmarks/README.md)
-        return {"activation_type": QuantType.QUInt8, "reduce_range": REDUCE_RANGE_ON_CPU,
-                "extra_options": {"ActivationSymmetric": False}}
+    if target in ("cpu", "openvino"):  # one CPU placement; the weights' range is the runtime's
+        return {"activation_type": QuantType.QUInt8, "reduce_range": REDUCE_RANGE_ON_CPU and target == "cpu",
+                "op_types_to_quantize": CPU_QUANTIZED_OPS, "extra_options": {"ActivationSymmetric": False}}
     raise DcxError(f"unknown INT8 target {target!r}; choose from {', '.join(TARGETS)}")
 
 
@@ -203,7 +210,7 @@ def quantize_int8(fp32_path: str | os.PathLike, batches: Iterable[np.ndarray], *
             quantize_static(os.fspath(prepared), os.fspath(quantized), Reader(), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=settings["activation_type"],
                             reduce_range=settings["reduce_range"],
-                            weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OPS,
+                            weight_type=QuantType.QInt8, op_types_to_quantize=settings["op_types_to_quantize"],
                             nodes_to_exclude=excluded,
                             calibrate_method=getattr(CalibrationMethod, calibrate_method),
                             extra_options={"WeightSymmetric": True, "QuantizeBias": False,
