@@ -123,14 +123,15 @@ def default_float_layers(target: str) -> tuple[str, ...]:
     features (quantized, they marked 47 of the README demo's 60 images out of distribution, FP32 1;
     the head is a 1x1 convolution to K classes, nothing to gain in INT8). On CPUs also the first
     convolution, which sees the raw pixels (quantizing it flipped screening decisions of a
-    real-data resnet18; float costs about 6% in OpenVINO)."""
+    real-data resnet18; float cost about 6% in OpenVINO with three input channels, less folded
+    to one by :func:`folds_gray_stem`)."""
     return ("head",) if target == "tensorrt" else ("first_conv", "head")
 
 
 def folds_gray_stem(target: str) -> bool:
     """Whether graphs for ``target`` fold the first convolution for the gray input
-    (:class:`dcx.core.models.GrayStem`). On CPUs: their first layer costs a third, which is 7-10%
-    of resnet18's INT8 time in OpenVINO. Not for TensorRT: its INT8 flavour quantizes the first
+    (:class:`dcx.core.models.GrayStem`). On CPUs: resnet18's INT8 graph ran 4-6% faster in
+    OpenVINO (30 interleaved calls; its float first layer took half the time). Not for TensorRT: its INT8 flavour quantizes the first
     convolution with symmetric activations, and raw [0, 1] gray uses half of that range where
     normalised pixels used all of it (a test model's decisions then moved: 94.4% agreement);
     a GPU has compute to spare for the 3-channel layer."""
