@@ -201,9 +201,10 @@ class LetterboxPipeline:
         with self.clock("preprocess"):
             shapes = shapes.as_cpu() if hasattr(shapes, "as_cpu") else shapes  # on the GPU in mixed mode
             decoded = [(int(h), int(w)) for h, w in np.array(shapes.as_tensor())[:, :2]]
-            if not self.dali_resize:
-                return self._letterbox_on_host(images, samples), decoded
-            return self._copy_out(images.as_tensor(), len(samples)), decoded
+            if self.dali_resize:
+                return self._copy_out(images.as_tensor(), len(samples)), decoded
+        with self.clock("decode"):  # the resize, as when DALI does it
+            return self._letterbox_on_host(images, samples), decoded
 
     def _letterbox_on_host(self, images, samples: list[Sample]) -> np.ndarray:
         """Letterbox DALI's decoded images with the contract's own code (luma at full resolution,
