@@ -19,7 +19,7 @@ from . import gpu_check as gc
 from . import report as rep
 from .archive import MODES, replicate
 from .ood_eval import evaluate as evaluate_ood, markdown as ood_markdown
-from .model_bench import bench_model_file, expand_engines, markdown as model_markdown
+from .model_bench import bench_model_files, expand_engines, markdown as model_markdown
 from .parity import markdown as parity_markdown, measure_parity, plot_roc, write_per_image
 from .peer_baseline import run_peer
 from .throughput import markdown as throughput_markdown, measure_throughput
@@ -135,7 +135,8 @@ def model(engines, batch_sizes, size, warmup, repeat, out, markdown, force):
     precision present), on prepared tensors: the ceiling end-to-end throughput is compared with.
 
     Artefacts are opened with the engine's own backends (same sessions and thread settings as
-    dcx-infer).
+    dcx-infer), all at once, and their timed calls take turns (one call of each, then again), so
+    a machine whose speed drifts slows them alike and their ratios hold.
 
     \b
     Examples:
@@ -144,10 +145,9 @@ def model(engines, batch_sizes, size, warmup, repeat, out, markdown, force):
     """
     rep.check_writable(out, markdown, force=force)
     machine = rep.machine()
-    records = []
-    for path in expand_engines(engines):
-        _log(f"{path}: batch sizes {','.join(map(str, batch_sizes))}")
-        records.append(bench_model_file(path, batch_sizes, size=size, warmup=warmup, repeat=repeat))
+    paths = expand_engines(engines)
+    _log(f"{len(paths)} artefact(s), taking turns call by call: batch sizes {','.join(map(str, batch_sizes))}")
+    records = bench_model_files(paths, batch_sizes, size=size, warmup=warmup, repeat=repeat)
     report = {"kind": "model", "created": rep.stamp(), "machine": machine,
               "loadavg_after": rep.machine()["loadavg"], "models": records}
     text = model_markdown(records, machine)

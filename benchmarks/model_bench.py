@@ -8,6 +8,7 @@ preprocessed radiographs.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -42,45 +43,65 @@ def expand_engines(paths: list[str | os.PathLike]) -> list[Path]:
     return found
 
 
-def bench_backend(backend, batch_sizes: list[int], *, size: int | None = None, warmup: int = 2,
-                  repeat: int = 5) -> list[dict]:
-    """Latency and images/s of ``backend.infer`` per batch size (median over ``repeat`` calls),
-    and the process CPU time per image (on a GPU: the host's share only)."""
-    size = size or backend.card.input_size
-    if size != backend.card.input_size:
-        raise DcxError(f"{backend.card.arch} takes {backend.card.input_size} px inputs (fixed when it was "
-                       f"exported); --size {size} needs a model exported at that size")
-    generator = torch.Generator().manual_seed(0)
-    rows = []
+def bench_backends(backends: list, batch_sizes: list[int], *, size: int | None = None, warmup: int = 2,
+                   repeat: int = 5) -> list[list[dict]]:
+    """Latency and images/s of each backend's ``infer`` per batch size (median over ``repeat``
+    calls), and the process CPU time per image (on a GPU: the host's share only); one list of
+    rows per backend.
+
+    The timed calls take turns, one call of each backend after the other: on a machine whose
+    speed drifts (a shared VM), every artefact then sees the same phases and their ratio holds
+    even when the absolute figures move."""
+    for backend in backends:
+        if size is not None and size != backend.card.input_size:
+            raise DcxError(f"{backend.card.arch} takes {backend.card.input_size} px inputs (fixed when it was "
+                           f"exported); --size {size} needs a model exported at that size")
+    rows: list[list[dict]] = [[] for _ in backends]
     for batch in batch_sizes:
-        images = torch.rand(batch, 1, size, size, generator=generator).to(backend.device)
-        for _ in range(warmup):
-            backend.infer(images)
-        latencies = []
-        cpu = time.process_time()
+        inputs = []
+        for backend in backends:
+            px = backend.card.input_size
+            images = torch.rand(batch, 1, px, px, generator=torch.Generator().manual_seed(0)).to(backend.device)
+            for _ in range(warmup):
+                backend.infer(images)
+            inputs.append(images)
+        latencies: list[list[float]] = [[] for _ in backends]
+        cpu = [0.0] * len(backends)  # every thread of this process: the backend's pools
         for _ in range(repeat):
-            start = time.perf_counter()
-            backend.infer(images)
-            latencies.append(time.perf_counter() - start)
-        cpu = time.process_time() - cpu  # every thread of this process: the backend's pools
-        lat = summarise(latencies)
-        rows.append({"batch_size": batch, "latency_s": lat,
-                     "images_per_s": batch / lat["median"],
-                     "images_per_s_range": [batch / lat["max"], batch / lat["min"]],
-                     "cpu_ms_per_image": 1000.0 * cpu / (batch * repeat)})
+            for k, (backend, images) in enumerate(zip(backends, inputs)):
+                started_cpu, start = time.process_time(), time.perf_counter()
+                backend.infer(images)
+                latencies[k].append(time.perf_counter() - start)
+                cpu[k] += time.process_time() - started_cpu
+        for k in range(len(backends)):
+            lat = summarise(latencies[k])
+            rows[k].append({"batch_size": batch, "latency_s": lat,
+                            "images_per_s": batch / lat["median"],
+                            "images_per_s_range": [batch / lat["max"], batch / lat["min"]],
+                            "cpu_ms_per_image": 1000.0 * cpu[k] / (batch * repeat)})
     return rows
+
+
+def bench_model_files(paths: list[str | os.PathLike], batch_sizes: list[int], *, size: int | None = None,
+                      warmup: int = 2, repeat: int = 5) -> list[dict]:
+    """Open every artefact as the engine would and benchmark them in turn; JSON-able records."""
+    with contextlib.ExitStack() as stack:
+        backends = [stack.enter_context(open_backend(path)) for path in paths]
+        results = bench_backends(backends, batch_sizes, size=size, warmup=warmup, repeat=repeat)
+        records = []
+        for path, backend, rows in zip(paths, backends, results):
+            cost = model_cost(backend.card.arch, backend.card.input_size, len(backend.card.classes))
+            records.append({"engine": os.fspath(path), "backend": backend.name,
+                            "precision": _precision_label(path, backend), "arch": backend.card.arch,
+                            "input_size": backend.card.input_size, "params": cost["params"], "gflops": cost["gflops"],
+                            "device": str(backend.device), "warmup": warmup, "repeat": repeat, "results": rows})
+        return records
 
 
 def bench_model_file(path: str | os.PathLike, batch_sizes: list[int], *, size: int | None = None,
                      warmup: int = 2, repeat: int = 5) -> dict:
-    """Open ``path`` as the engine would and benchmark it; a JSON-able record."""
-    with open_backend(path) as backend:
-        rows = bench_backend(backend, batch_sizes, size=size, warmup=warmup, repeat=repeat)
-        cost = model_cost(backend.card.arch, backend.card.input_size, len(backend.card.classes))
-        return {"engine": os.fspath(path), "backend": backend.name, "precision": _precision_label(path, backend),
-                "arch": backend.card.arch, "input_size": backend.card.input_size,
-                "params": cost["params"], "gflops": cost["gflops"],
-                "device": str(backend.device), "warmup": warmup, "repeat": repeat, "results": rows}
+    """One artefact's record (:func:`bench_model_files`)."""
+    return bench_model_files([path], batch_sizes, size=size, warmup=warmup, repeat=repeat)[0]
 
 
 def _precision_label(path, backend) -> str:
@@ -94,11 +115,13 @@ def markdown(records: list[dict], machine: dict) -> str:
     """One row per artefact and batch size."""
     rows = [[_short(r["engine"]), f"{r['backend']} {r['precision']}", r["input_size"], row["batch_size"],
              rep.fmt(row["images_per_s"]), f"{rep.fmt(row['images_per_s_range'][0])}–{rep.fmt(row['images_per_s_range'][1])}",
-             rep.fmt(1000 * row["latency_s"]["median"], 1)]
+             rep.fmt(1000 * row["latency_s"]["median"], 1), rep.fmt(row["cpu_ms_per_image"], 1)]
             for r in records for row in r["results"]]
+    turns = ", the artefacts taking turns call by call" if len(records) > 1 else ""
     return "\n".join([f"### Model-only throughput (prepared tensors; {records[0]['repeat']} timed calls per row "
-                      f"after {records[0]['warmup']} warm-up)", "", f"Machine: {rep.machine_line(machine)}", "",
-                      rep.table(["artefact", "backend", "px", "batch", "images/s", "range", "latency ms"], rows), ""])
+                      f"after {records[0]['warmup']} warm-up{turns})", "", f"Machine: {rep.machine_line(machine)}", "",
+                      rep.table(["artefact", "backend", "px", "batch", "images/s", "range", "latency ms", "CPU ms/image"], rows),
+                      ""])
 
 
 def _short(path: str) -> str:

@@ -70,8 +70,8 @@ QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool", "Glo
                  "BatchNormalization"]
 #: The same for CPU graphs, less the standalone batch norms (DenseNet's, before each ReLU -> conv;
 #: other trunks' fold into their convolutions at export): quantized, a cxr-dev densenet121 kept
-#: 93.3% of its validation decisions and cost 66.5 CPU-ms per image in OpenVINO; in float 98.9%
-#: and 48.0 (FP32: 71.7). benchmarks/README.md, "CPU screening at 224 px, session 5".
+#: 93.3% of its validation decisions and cost 88.1 CPU-ms per image in OpenVINO; in float 98.9%
+#: and 62.7 (FP32: 91.6). benchmarks/README.md, "CPU screening at 224 px, session 5".
 CPU_QUANTIZED_OPS = [op for op in QUANTIZED_OPS if op != "BatchNormalization"]
 
 #: Placement TensorRT fuses best (as NVIDIA ModelOpt configures this same quantizer): Q/DQ in
@@ -130,8 +130,8 @@ def default_float_layers(target: str) -> tuple[str, ...]:
 
 def folds_gray_stem(target: str) -> bool:
     """Whether graphs for ``target`` fold the first convolution for the gray input
-    (:class:`dcx.core.models.GrayStem`). On CPUs: resnet18's INT8 graph ran 4-6% faster in
-    OpenVINO (30 interleaved calls; its float first layer took half the time). Not for TensorRT: its INT8 flavour quantizes the first
+    (:class:`dcx.core.models.GrayStem`). On CPUs: resnet18's INT8 graph ran 3-4% faster in
+    OpenVINO (dcx-bench model, 20 calls taking turns; its float first layer took half the time). Not for TensorRT: its INT8 flavour quantizes the first
     convolution with symmetric activations, and raw [0, 1] gray uses half of that range where
     normalised pixels used all of it (a test model's decisions then moved: 94.4% agreement);
     a GPU has compute to spare for the 3-channel layer."""

@@ -152,6 +152,21 @@ def test_model_smoke(fp32_onnx, trained_checkpoint, tmp_path):
     assert all(r["images_per_s"] > 0 for m in models for r in m["results"])
 
 
+def test_model_bench_times_the_artefacts_in_turn(fp32_onnx, trained_checkpoint):
+    """Call by call, so a machine whose speed drifts slows every artefact alike."""
+    from dcx.benchmarks.model_bench import bench_backends
+    from dcx.engine.backends import open_backend
+
+    calls = []
+    with open_backend(fp32_onnx) as onnx_backend, open_backend(trained_checkpoint) as torch_backend:
+        for name, backend in (("onnx", onnx_backend), ("torch", torch_backend)):
+            real = backend.infer
+            backend.infer = lambda images, real=real, name=name: calls.append(name) or real(images)
+        rows = bench_backends([onnx_backend, torch_backend], [2], warmup=1, repeat=3)
+    assert calls == ["onnx", "torch"] + ["onnx", "torch"] * 3
+    assert [len(r) for r in rows] == [1, 1] and all(r[0]["cpu_ms_per_image"] > 0 for r in rows)
+
+
 def test_parity_passes_for_the_fp32_export(fp32_onnx, trained_checkpoint, synth_archive, tmp_path):
     out = tmp_path / "parity"
     result = invoke(main, ["parity", "--reference", trained_checkpoint, "--engine", fp32_onnx,
