@@ -35,8 +35,8 @@ Targets (who runs the artefact; recorded in the sidecar and the ONNX metadata):
       INT8 as cpu with full 8-bit weights; the cheapest CPU path measured here;
   tensorrt (default, and required, for .plan): symmetric int8 Q/DQ as TensorRT consumes it.
 cpu and openvino graphs read the gray input with a 1-channel first convolution (the
-gray-to-RGB copy and normalisation folded into it: same outputs, a third of its work) and
-keep batch norms that stand alone (DenseNet's) in float (benchmarks/README.md).
+gray-to-RGB copy and normalisation folded into it: same outputs, a third of its multiply-adds)
+and keep batch norms that stand alone (DenseNet's) in float (benchmarks/README.md).
 An INT8 ONNX made for cpu or openvino is refused as the source of a plan.
 
 \b
