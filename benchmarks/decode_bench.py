@@ -22,7 +22,7 @@ import time
 
 from dcx.core.errors import DcxError
 from dcx.engine.backends import read_engine_card
-from dcx.engine.decode import Decoder
+from dcx.engine.decode import Decoder, raster_kind
 
 
 def bench_decoding(files: list[str], engine: str | os.PathLike, *, batch_size: int, threads: int,
@@ -69,13 +69,13 @@ def _bench_engine_decoder(files, preprocess, batch_size: int, threads: int, devi
 
 
 def _bench_codec(rasters: list[str], batch_size: int, threads: int, device: str) -> dict:
-    """DALI's decoder alone, as the engine's pipelines call it (8-bit gray files to GRAY, colour
-    files to RGB; no resize, no checks) on raster files it is known to decode. Not ANY_DATA:
-    DALI 2.4's CPU decoder corrupted the heap on a batch mixing gray, RGB and RGBA PNGs."""
+    """DALI's decoder alone, as the engine's pipelines call it (gray files to GRAY, colour files
+    to RGB, by the engine's own :func:`~dcx.engine.decode.raster_kind`; no resize, no checks) on
+    raster files it is known to decode. Not ANY_DATA: DALI 2.4's CPU decoder corrupted the heap
+    on a batch mixing gray, RGB and RGBA PNGs."""
     import numpy as np
     import torch
     from nvidia.dali import fn, pipeline_def, types
-    from PIL import Image
 
     if not rasters:
         return {"images": 0, "what": "no raster file went to DALI (DICOM or reference-path files only)"}
@@ -90,10 +90,8 @@ def _bench_codec(rasters: list[str], batch_size: int, threads: int, device: str)
     pipes = {gray: codec(types.GRAY if gray else types.RGB) for gray in (True, False)}
     for pipe in pipes.values():
         pipe.build()
-    gray = {}
-    for path in rasters:  # headers only, before the clock starts
-        with Image.open(path) as im:
-            gray[path] = len(im.getbands()) == 1 and im.mode != "P"  # as the engine: palette is colour
+    # before the clock starts
+    gray = {path: raster_kind(np.fromfile(path, dtype=np.uint8).tobytes()) != "rgb8" for path in rasters}
 
     def decode(batch: list[str]) -> int:
         for kind, pipe in pipes.items():

@@ -12,7 +12,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from unittest import mock
 
 from dcx.core.card import load_model
 from dcx.engine.backends import open_backend
@@ -39,9 +38,8 @@ def main(args: list[str]) -> None:
         if target == "openvino" and importlib.util.find_spec("openvino") is None:
             continue
         t = time.perf_counter()
-        with mock.patch.object(P, "REDUCE_RANGE_ON_CPU", seven_bit):
-            proto = P.quantize_int8(fp32, (x.numpy() for x, _ in S.Batches(chosen, card)), target=target,
-                                    keep_float=keep)
+        proto = P.quantize_int8(fp32, (x.numpy() for x, _ in S.Batches(chosen, card)), target=target,
+                                keep_float=keep, seven_bit_weights=seven_bit)
         secs = time.perf_counter() - t
         name = f"{target}-{'7' if seven_bit else '8'}bit-{'+'.join(keep) or 'all'}.onnx"
         out = save_onnx_artefact(proto, card, "int8", work / name, runtime=P.RUNTIME_OF_TARGET[target])

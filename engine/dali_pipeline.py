@@ -85,7 +85,8 @@ class Sample:
 
 
 class BatchFailed(RuntimeError):
-    """DALI refused the batch (it cannot say which sample); the pipeline was rebuilt."""
+    """DALI refused the batch (it cannot say which sample; the pipeline was rebuilt), or the
+    letterbox after it failed on one of its images."""
 
 
 def letterbox_pipeline(kind: str, gpu: bool, size: int, pad_value: float = 0.0, *, resize: bool = True,
@@ -204,7 +205,10 @@ class LetterboxPipeline:
             if self.dali_resize:
                 return self._copy_out(images.as_tensor(), len(samples)), decoded
         with self.clock("decode"):  # the resize, as when DALI does it
-            return self._letterbox_on_host(images, samples), decoded
+            try:
+                return self._letterbox_on_host(images, samples), decoded
+            except (RuntimeError, ValueError, MemoryError) as exc:  # as a failed DALI resize: isolate the file
+                raise BatchFailed(f"letterbox: {exc}") from exc
 
     def _letterbox_on_host(self, images, samples: list[Sample]) -> np.ndarray:
         """Letterbox DALI's decoded images with the contract's own code (luma at full resolution,

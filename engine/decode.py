@@ -124,8 +124,9 @@ class Decoder:
 
     ``counts`` tallies images by path (``dali``, ``reference``) and ``failed_batches``;
     ``timings`` holds cumulative busy seconds per stage: ``read`` (reading bytes, sniffing,
-    headers), ``decode`` (DALI runs, reference decoding), ``preprocess`` (feeding geometry,
-    copying out, reference letterboxing, stacking) and ``setup`` (building pipelines).
+    headers), ``decode`` (DALI runs with their resize, on the CPU the letterbox after them;
+    reference decoding), ``preprocess`` (feeding geometry, copying out, reference letterboxing,
+    stacking) and ``setup`` (building pipelines).
     """
 
     def __init__(self, preprocess: Preprocess, *, device: str = "cpu", batch_size: int = 32,
@@ -456,6 +457,14 @@ def _probe(data: bytes):
 def _check_pixels(width: int, height: int) -> None:
     if width * height > MAX_PIXELS:
         raise DcxError(f"{width}x{height} exceeds the {MAX_PIXELS} pixel limit")
+
+
+def raster_kind(data: bytes) -> str | None:
+    """The pipeline kind (:data:`~dcx.engine.dali_pipeline.KINDS`) DALI decodes an encoded
+    raster as, or None when the reference reader does: one rule for the engine and for tools
+    that decode as it does (dcx-bench's codec-only row)."""
+    header = _probe(data)
+    return None if header is None else _raster_kind(header)
 
 
 def _raster_kind(header) -> str | None:

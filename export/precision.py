@@ -87,15 +87,19 @@ TENSORRT_PLACEMENT = {"OpTypesToExcludeOutputQuantization": QUANTIZED_OPS, "Dedi
 REDUCE_RANGE_ON_CPU = True
 
 
-def quantizer_settings(target: str) -> dict:
-    """quantize_static keyword arguments (less the data) that make the ``target`` flavour."""
+def quantizer_settings(target: str, *, seven_bit_weights: bool | None = None) -> dict:
+    """quantize_static keyword arguments (less the data) that make the ``target`` flavour;
+    ``seven_bit_weights`` overrides the target's weight range (for studies)."""
     from onnxruntime.quantization import QuantType
 
+    if seven_bit_weights is None:  # the weights' range is the runtime's
+        seven_bit_weights = REDUCE_RANGE_ON_CPU and target == "cpu"
     if target == "tensorrt":
-        return {"activation_type": QuantType.QInt8, "reduce_range": False, "op_types_to_quantize": QUANTIZED_OPS,
+        return {"activation_type": QuantType.QInt8, "reduce_range": seven_bit_weights,
+                "op_types_to_quantize": QUANTIZED_OPS,
                 "extra_options": {"ActivationSymmetric": True, **TENSORRT_PLACEMENT}}
-    if target in ("cpu", "openvino"):  # one CPU placement; the weights' range is the runtime's
-        return {"activation_type": QuantType.QUInt8, "reduce_range": REDUCE_RANGE_ON_CPU and target == "cpu",
+    if target in ("cpu", "openvino"):  # one CPU placement
+        return {"activation_type": QuantType.QUInt8, "reduce_range": seven_bit_weights,
                 "op_types_to_quantize": CPU_QUANTIZED_OPS, "extra_options": {"ActivationSymmetric": False}}
     raise DcxError(f"unknown INT8 target {target!r}; choose from {', '.join(TARGETS)}")
 
@@ -131,8 +135,8 @@ def default_float_layers(target: str) -> tuple[str, ...]:
 def folds_gray_stem(target: str) -> bool:
     """Whether graphs for ``target`` fold the first convolution for the gray input
     (:class:`dcx.core.models.GrayStem`). On CPUs: resnet18's INT8 graph ran 3-4% faster in
-    OpenVINO (dcx-bench model, 20 calls taking turns; its float first layer took half the time). Not for TensorRT: its INT8 flavour quantizes the first
-    convolution with symmetric activations, and raw [0, 1] gray uses half of that range where
+    OpenVINO (dcx-bench model, 20 calls taking turns; its float first layer took half the time).
+    Not for TensorRT: its INT8 flavour quantizes the first convolution with symmetric activations, and raw [0, 1] gray uses half of that range where
     normalised pixels used all of it (a test model's decisions then moved: 94.4% agreement);
     a GPU has compute to spare for the 3-channel layer."""
     return target != "tensorrt"
@@ -165,14 +169,15 @@ def _first_conv(graph) -> list[str]:
 
 
 def quantize_int8(fp32_path: str | os.PathLike, batches: Iterable[np.ndarray], *, target: str,
-                  method: str = CALIBRATION_METHOD, keep_float: Iterable[str] = ()):
+                  method: str = CALIBRATION_METHOD, keep_float: Iterable[str] = (),
+                  seven_bit_weights: bool | None = None):
     """Calibrate ``fp32_path`` on ``batches`` of preprocessed images -> Q/DQ INT8 ModelProto for
     ``target``, the ``keep_float`` layers (:data:`FLOAT_LAYERS`) left unquantized."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quant_pre_process, quantize_static)
 
-    settings = quantizer_settings(target)
+    settings = quantizer_settings(target, seven_bit_weights=seven_bit_weights)
     if method not in CALIBRATION_METHODS:
         raise DcxError(f"unknown calibration method {method!r}; choose from {', '.join(CALIBRATION_METHODS)}")
     calibrate_method, calibration_options = CALIBRATION_METHODS[method]

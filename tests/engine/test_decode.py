@@ -229,6 +229,27 @@ def test_a_corrupt_file_does_not_cost_its_batch_mates(tmp_path):
         assert torch.equal(again.images, clean.images)
 
 
+def test_a_file_the_host_letterbox_fails_on_does_not_cost_its_batch_mates(rasters, monkeypatch):
+    """The letterbox after DALI (the CPU default) failing on one image (say, out of memory on a
+    huge film) isolates that file like a failed DALI batch: the reference path takes it over."""
+    import dcx.engine.dali_pipeline as dp
+
+    real = dp.letterbox
+
+    def fails_on_tall(image, *args, **kwargs):
+        if image.shape[-1] == 37:  # tall.png
+            raise MemoryError("no room")
+        return real(image, *args, **kwargs)
+
+    monkeypatch.setattr(dp, "letterbox", fails_on_tall)
+    paths = [rasters["gray.png"], rasters["tall.png"], rasters["small.png"]]
+    with Decoder(Preprocess(SIZE), batch_size=4) as dec:
+        batch = dec.decode(paths)
+    assert [o.status for o in batch.outcomes] == ["ok"] * 3
+    assert [o.meta["decoded_by"] for o in batch.outcomes] == ["dali", "reference", "dali"]
+    assert_parity(batch, paths)
+
+
 def test_one_pipeline_serves_many_batches(rasters):
     paths = [rasters["gray.png"], rasters["small.png"], rasters["tall.png"]] * 4
     with Decoder(Preprocess(SIZE), batch_size=5) as dec:
