@@ -9,7 +9,7 @@ from dcx.core.errors import Command, DcxError
 
 from dcx.core.artefact import PRECISIONS
 from .pipeline import ExportRequest, run_export
-from .precision import FLOAT_LAYERS, TARGETS
+from .precision import FLOAT_LAYERS, STAGE_LAYER, TARGETS
 
 EPILOG = """\b
 Examples:
@@ -45,12 +45,22 @@ fails). fp16/int8 run over the validation split recorded in the checkpoint (or -
 sensitivity or specificity moved by more than 1 point, screening decisions agreeing on fewer
 than 99% of the images, out-of-distribution scores moved by more than 25% on average, or no
 validation data at all fails the export and removes the artefact (its .json and calibration
-.csv too), unless --accept-accuracy-loss keeps it.
+.csv too), unless --accept-accuracy-loss keeps it. Before an INT8 export fails, it leaves the
+backbone's stages in float one more at a time from the input, with the same calibration (a
+cxr-dev densenet121 passed with its first dense block in float); its sidecar lists each try.
 
 \b
 Exit status: 0 done, 1 error, 3 ONNX written and verified but no plan (this machine lacks
 TensorRT or an NVIDIA GPU; the message gives the command that finishes it there).
 """
+
+
+def _float_layers(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        if value not in FLOAT_LAYERS and not STAGE_LAYER.fullmatch(value):
+            raise click.BadParameter(f"{value!r} is neither one of {', '.join(FLOAT_LAYERS)} nor a backbone stage "
+                                     "(features.N)", ctx, param)
+    return values
 
 
 def newest_checkpoint(root: Path) -> Path:
@@ -70,10 +80,13 @@ def newest_checkpoint(root: Path) -> Path:
 @click.option("--target", type=click.Choice(TARGETS),
               help="Who runs it: cpu (ONNX Runtime), openvino (OpenVINO on CPUs) or tensorrt; picks the INT8 "
                    "flavour and the runtime that verifies and serves it. Default: tensorrt for a .plan, else cpu.")
-@click.option("--float-layers", type=click.Choice(FLOAT_LAYERS), multiple=True,
-              help="INT8: leave these layers in float (repeatable); default head (it keeps the features the OOD score "
-                   "reads in float) and, for cpu and openvino, first_conv (quantizing it flipped screening "
-                   "decisions on real radiographs); none quantizes every layer (benchmarks/README.md).")
+@click.option("--float-layers", multiple=True, callback=_float_layers, metavar="LAYER",
+              help=f"INT8: leave these layers in float (repeatable): {', '.join(FLOAT_LAYERS)} or a backbone stage "
+                   "features.N (PyTorch's name: densenet121's first dense block is features.4). Default head (it "
+                   "keeps the features the OOD score reads in float) and, for cpu and openvino, first_conv "
+                   "(quantizing it flipped screening decisions on real radiographs), and if that fails the gates, "
+                   "the backbone's first stage, then its first two, ... up to half of them, until one passes; "
+                   "naming layers turns that search off. none quantizes every layer (benchmarks/README.md).")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=512, show_default=True,
               help="Stratified calibration sample size.")
 @click.option("--eval", "eval_data", type=click.Path(path_type=Path),

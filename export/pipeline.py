@@ -7,7 +7,9 @@ plan on a GPU machine.
 
 An fp16/int8 artefact that does not keep the FP32 model's screening decisions (the gates of
 :func:`dcx.export.verify.accuracy_problems`) is removed and the export fails, unless the request
-accepts the accuracy loss; then it is kept, with the failed gates in its sidecar.
+accepts the accuracy loss; then it is kept, with the failed gates in its sidecar. Before an INT8
+export gives up, it leaves more of the backbone in float, stage by stage from the input
+(:func:`dcx.export.precision.float_layer_plans`), unless the request named its float layers.
 """
 from __future__ import annotations
 
@@ -86,15 +88,19 @@ def run_export(req: ExportRequest, echo: Callable[[str], None], warn: Callable[[
     model, card = load_model(req.source)
     req.out = req.out or default_out(req.source, card, req.precision)
     req.target = _target(req)
-    if req.float_layers is None:
+    search = req.float_layers is None  # dcx chooses what stays float: it may leave more if the gates fail
+    if search:
         req.float_layers = precision_mod.default_float_layers(req.target) if req.precision == "int8" else ()
     _refuse_existing(req, [req.onnx_out, sidecar_path(req.onnx_out), calibration_manifest_path(req.onnx_out)]
                      + ([req.out, sidecar_path(req.out)] if req.wants_plan else []))
     check = _Verification(card, samples_mod.evaluation_samples(card, req.eval_data), req.accept_accuracy_loss,
                           echo, warn)
-    onnx_path = _write_onnx(req, model, card, echo)
     reference = verify.pytorch_runner(model, card)
-    _verify_onnx(check, onnx_path, reference, req.precision)
+    if req.precision == "int8":
+        onnx_path = _write_int8(req, model, card, check, reference, echo, search=search)
+    else:
+        onnx_path = _write_onnx(req, model, card, echo)
+        _verify_onnx(check, onnx_path, reference, req.precision)
     if not req.wants_plan:
         return onnx_path
     reason = tensorrt_unavailable_reason()
@@ -143,50 +149,82 @@ def _refuse_existing(req: ExportRequest, paths: list[Path]) -> None:
         raise DcxError(f"{existing[0]} exists; pass --force to overwrite it")
 
 
+def _source(req: ExportRequest) -> dict:
+    return {"checkpoint": os.fspath(req.source), "checkpoint_sha256": sha256_file(req.source)}
+
+
 def _write_onnx(req: ExportRequest, model: DcxNet, card: ModelCard, echo) -> Path:
-    source = {"checkpoint": os.fspath(req.source), "checkpoint_sha256": sha256_file(req.source)}
+    """The fp32 or fp16 artefact."""
     runtime = precision_mod.RUNTIME_OF_TARGET[req.target]
     gray_stem = precision_mod.folds_gray_stem(req.target)
     if req.precision == "fp32":
         path = export_onnx(model, card, req.onnx_out, runtime=runtime, gray_stem=gray_stem)
-        update_sidecar(path, source=source)
+        update_sidecar(path, source=_source(req))
     else:
         import onnx
 
         req.onnx_out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=req.onnx_out.parent, prefix=".dcx-export-") as tmp:
             fp32 = export_onnx(model, card, Path(tmp) / "fp32.onnx", gray_stem=gray_stem)
-            if req.precision == "fp16":
-                path = save_onnx_artefact(precision_mod.to_fp16(onnx.load(os.fspath(fp32))), card, "fp16",
-                                          req.onnx_out, runtime=runtime, source=source)
-            else:
-                proto, calibration = _quantize(req, fp32, card, echo)
-                path = save_onnx_artefact(proto, card, "int8", req.onnx_out, runtime=runtime, source=source,
-                                          calibration=calibration)
+            path = save_onnx_artefact(precision_mod.to_fp16(onnx.load(os.fspath(fp32))), card, "fp16",
+                                      req.onnx_out, runtime=runtime, source=_source(req))
     echo(f"wrote {path} ({req.precision} for {runtime}, sha256 {sha256_file(path)[:12]}) and {sidecar_path(path).name}")
     return path
 
 
-def _quantize(req: ExportRequest, fp32: Path, card: ModelCard, echo):
+def _write_int8(req: ExportRequest, model: DcxNet, card: ModelCard, check: "_Verification", reference,
+                echo, *, search: bool) -> Path:
+    """Calibrate once, then quantize and verify with each float-layer plan in turn
+    (:func:`~dcx.export.precision.float_layer_plans`; one plan unless ``search``) until one passes
+    the gates; the last attempt is judged. After a retry, the sidecar lists every attempt."""
+    import onnx
+
+    runtime = precision_mod.RUNTIME_OF_TARGET[req.target]
+    req.onnx_out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=req.onnx_out.parent, prefix=".dcx-export-") as tmp:
+        fp32 = export_onnx(model, card, Path(tmp) / "fp32.onnx", gray_stem=precision_mod.folds_gray_stem(req.target))
+        images, calibration = _calibration_images(req, card, echo)
+        plans = precision_mod.float_layer_plans(onnx.load(os.fspath(fp32)), req.float_layers, search=search)
+        attempts = []
+        for number, layers in enumerate(plans, 1):
+            proto = precision_mod.quantize_int8(fp32, images, target=req.target, keep_float=layers,
+                                                calibration_cache=Path(tmp) / "ranges.json")
+            path = save_onnx_artefact(proto, card, "int8", req.onnx_out, runtime=runtime, source=_source(req),
+                                      calibration={**calibration, "float_layers": list(layers)})
+            echo(f"wrote {path} (int8 for {runtime}, {', '.join(layers) or 'no layer'} in float, sha256 "
+                 f"{sha256_file(path)[:12]}) and {sidecar_path(path).name}")
+            result = _verify(check, path, reference, "int8")
+            attempts.append({"float_layers": list(layers), "passed": result["passed"],
+                             "problems": result.get("problems") or []})
+            if result["passed"] is not False or number == len(plans):
+                break
+            echo(f"{path.name} does not pass the gates with {', '.join(layers)} in float; trying again with "
+                 f"{plans[number][-1]} in float too (same calibration)")
+        if len(attempts) > 1:
+            update_sidecar(path, calibration={**calibration, "float_layers": list(layers), "attempts": attempts})
+    check.judge(path, result, [path, sidecar_path(path), calibration_manifest_path(path)])
+    return path
+
+
+def _calibration_images(req: ExportRequest, card: ModelCard, echo) -> tuple[list, dict]:
+    """The calibration images, read once (every attempt reuses them), their manifest written,
+    and the sidecar's calibration section less the float layers."""
     chosen, origin = samples_mod.calibration_samples(card, req.calib, req.calib_samples)
     batches = samples_mod.Batches(chosen, card, progress="dcx-export calibration")
-    proto = precision_mod.quantize_int8(fp32, (images.numpy() for images, _ in batches), target=req.target,
-                                        keep_float=req.float_layers)
+    images = [images.numpy() for images, _ in batches]
     manifest = calibration_manifest_path(req.onnx_out)
     with open(manifest, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "sha256"])
         for s in batches.used:
             writer.writerow([os.fspath(s.path), s.label, sha256_file(s.path)])
-    echo(f"calibrated ({precision_mod.CALIBRATION_METHOD}, target {req.target}) on {len(batches.used)} images from {origin}"
-         f"{f', {len(batches.skipped)} unreadable skipped' if batches.skipped else ''}; manifest {manifest.name}")
-    calibration = {
+    echo(f"calibrating ({precision_mod.CALIBRATION_METHOD}, target {req.target}) on {len(batches.used)} images from "
+         f"{origin}{f', {len(batches.skipped)} unreadable skipped' if batches.skipped else ''}; manifest {manifest.name}")
+    return images, {
         "quantizer": precision_mod.describe_target(req.target), "target": req.target,
-        "float_layers": list(req.float_layers),
         "method": precision_mod.CALIBRATION_METHOD, "origin": origin, "requested": req.calib_samples,
         "used": len(batches.used), "skipped": [{"path": os.fspath(s.path), "reason": r} for s, r in batches.skipped],
         "manifest": manifest.name, "manifest_sha256": sha256_file(manifest)}
-    return proto, calibration
 
 
 @dataclass
@@ -246,13 +284,19 @@ class _Verification:
 
 
 def _verify_onnx(check: _Verification, onnx_path: Path, reference, precision: str) -> None:
-    """Through the backend that will serve it (ONNX Runtime or OpenVINO, as the sidecar records)."""
+    result = _verify(check, onnx_path, reference, precision)
+    check.judge(onnx_path, result, [onnx_path, sidecar_path(onnx_path)])
+
+
+def _verify(check: _Verification, onnx_path: Path, reference, precision: str) -> dict:
+    """Through the backend that will serve it (ONNX Runtime or OpenVINO, as the sidecar records);
+    the result goes into the sidecar."""
     with open_backend(onnx_path, device="cpu") as backend:
         result = check.run(backend.infer, reference, RUNTIME_NAMES[backend.name], "PyTorch", onnx_path.name,
                            exact=precision == "fp32")
         runtime = backend.name
     update_sidecar(onnx_path, verification={runtime: result})
-    check.judge(onnx_path, result, [onnx_path, sidecar_path(onnx_path), calibration_manifest_path(onnx_path)])
+    return result
 
 
 def _verify_plan(check: _Verification, plan: Path, reference, reference_name: str) -> None:

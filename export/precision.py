@@ -28,7 +28,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -61,9 +63,11 @@ RUNTIME_OF_TARGET = {"cpu": "onnxruntime", "openvino": "openvino", "tensorrt": "
 #: distance between whitened features, so int8 features would shift every score against its threshold.
 ALWAYS_FLOAT_PREFIX = "/ood/"
 
-#: Layers that can be left in float: the first convolution (sees raw pixels) and the classifier head
-#: ("none": quantize every layer).
+#: Layers that can be left in float by name: the first convolution (sees raw pixels) and the classifier
+#: head ("none": quantize every layer). Besides these, a backbone stage by its PyTorch name
+#: (``features.4``: ``model.features[4]``, densenet121's first dense block; :func:`backbone_stages`).
 FLOAT_LAYERS = ("first_conv", "head", "none")
+STAGE_LAYER = re.compile(r"features\.\d+")
 
 #: Ops whose *inputs* get Q/DQ; outputs are never quantized, so probabilities and CAM stay float.
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool", "GlobalAveragePool",
@@ -143,7 +147,7 @@ def folds_gray_stem(target: str) -> bool:
 
 
 def float_nodes(model, layers: Iterable[str]) -> list[str]:
-    """Names of the graph nodes that make up ``layers`` (see :data:`FLOAT_LAYERS`)."""
+    """Names of the graph nodes that make up ``layers`` (:data:`FLOAT_LAYERS` or stages)."""
     nodes, names = list(model.graph.node), []
     for layer in layers:
         if layer == "none":
@@ -153,9 +157,42 @@ def float_nodes(model, layers: Iterable[str]) -> list[str]:
         elif layer == "head":  # the classifier: dcx heads are a 1x1 Conv (for the CAM), the last compute op
             names += [n.name for n in nodes if n.op_type in ("Conv", "Gemm", "MatMul")  # before the OOD score's,
                       and not n.name.startswith(ALWAYS_FLOAT_PREFIX)][-1:]  # wherever the graph's order puts it
+        elif STAGE_LAYER.fullmatch(layer):
+            stage = [n.name for n in nodes if n.name.startswith(f"/features/{layer}/")]
+            if not stage:
+                raise DcxError(f"this model has no backbone stage {layer!r}; its stages: "
+                               f"{', '.join(backbone_stages(model))}")
+            names += stage
         else:
-            raise DcxError(f"unknown float layer {layer!r}; choose from {', '.join(FLOAT_LAYERS)}")
+            raise DcxError(f"unknown float layer {layer!r}; choose from {', '.join(FLOAT_LAYERS)} or a backbone "
+                           "stage (features.N)")
     return names
+
+
+def backbone_stages(model) -> list[str]:
+    """The backbone's stages that compute (hold a Conv), from the input on, as PyTorch names them
+    (``features.N``), less the first convolution's."""
+    found = []
+    for node in model.graph.node:
+        parts = node.name.split("/")
+        if node.op_type == "Conv" and len(parts) > 2 and parts[1] == "features" and STAGE_LAYER.fullmatch(parts[2]):
+            if parts[2] not in found:
+                found.append(parts[2])
+    return found[1:]
+
+
+def float_layer_plans(model, layers: tuple[str, ...], *, search: bool) -> list[tuple[str, ...]]:
+    """The float layers an INT8 export tries, in order, until one passes the accuracy gates:
+    ``layers``, then (with ``search``) ``layers`` and the backbone's first stage, its first two,
+    ... up to half of its stages, beyond which INT8 saves little over FP32. From the input on,
+    because the early high-resolution stages were the sensitive ones: a cxr-dev densenet121 kept
+    98.9% of its validation decisions quantized throughout, 100% with its first dense block in
+    float (and 69 against 88 CPU-ms per image in FP32, OpenVINO); benchmarks/README.md."""
+    plans = [tuple(layers)]
+    if search:
+        stages = backbone_stages(model)
+        plans += [tuple(layers) + tuple(stages[:k]) for k in range(1, math.ceil(len(stages) / 2) + 1)]
+    return plans
 
 
 def _first_conv(graph) -> list[str]:
@@ -170,9 +207,13 @@ def _first_conv(graph) -> list[str]:
 
 def quantize_int8(fp32_path: str | os.PathLike, batches: Iterable[np.ndarray], *, target: str,
                   method: str = CALIBRATION_METHOD, keep_float: Iterable[str] = (),
-                  seven_bit_weights: bool | None = None):
+                  seven_bit_weights: bool | None = None, calibration_cache: str | os.PathLike | None = None):
     """Calibrate ``fp32_path`` on ``batches`` of preprocessed images -> Q/DQ INT8 ModelProto for
-    ``target``, the ``keep_float`` layers (:data:`FLOAT_LAYERS`) left unquantized."""
+    ``target``, the ``keep_float`` layers (:func:`float_nodes`) left unquantized.
+
+    ``calibration_cache``: a JSON file of the activation ranges; written by the first call that
+    names it, read (no calibration) by later ones for the same graph and method, whatever they
+    leave in float: ranges cover every tensor of the graph."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quant_pre_process, quantize_static)
@@ -219,6 +260,7 @@ def quantize_int8(fp32_path: str | os.PathLike, batches: Iterable[np.ndarray], *
                             weight_type=QuantType.QInt8, op_types_to_quantize=settings["op_types_to_quantize"],
                             nodes_to_exclude=excluded,
                             calibrate_method=getattr(CalibrationMethod, calibrate_method),
+                            calibration_cache_path=calibration_cache,
                             extra_options={"WeightSymmetric": True, "QuantizeBias": False,
                                            "CalibStridedMinMax": _chunk(len(images)),
                                            **settings["extra_options"], **calibration_options})

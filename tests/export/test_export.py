@@ -130,7 +130,8 @@ def test_int8_writes_artefact_sidecar_and_calibration_manifest(int8_export, trai
     train = {str(s.path) for s in read_samples(f"{sidecar['card']['training']['splits_dir']}/train.csv")}
     assert rows[0] == "path,label,sha256" and len(rows) - 1 == calibration["used"] == len(train)
     assert {row.split(",")[0] for row in rows[1:]} == train
-    assert "calibrated" in result.output
+    assert "calibrating" in result.output
+    assert "attempts" not in calibration  # it passed as first planned: no search
 
 
 def test_cpu_int8_graph_has_uint8_activations_and_int8_per_channel_weights(int8_export):
@@ -184,6 +185,71 @@ def test_float_layers_stay_unquantized(trained_checkpoint, synth_archive, tmp_pa
         assert producer.get(kept.input[0]) != "DequantizeLinear" and producer.get(kept.input[1]) != "DequantizeLinear"
     assert producer.get(convs[1].input[0]) == "DequantizeLinear"  # the rest is still INT8
     assert json.loads(sidecar_path(out).read_text())["calibration"]["float_layers"] == ["first_conv", "head"]
+
+
+def _quantized_nodes(model) -> set[str]:
+    """Names of the compute nodes whose weights go through Q/DQ."""
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    return {n.name for n in model.graph.node if n.op_type == "Conv" and producer.get(n.input[1]) == "DequantizeLinear"}
+
+
+def test_int8_that_fails_the_gates_leaves_stages_in_float_from_the_input_until_it_passes(
+        trained_checkpoint, synth_archive, tmp_path, monkeypatch):
+    """The search's control flow, with a gate that fails the first two tries (the gates' own
+    arithmetic is tested above; what passes on real data is in benchmarks/README.md)."""
+    import importlib
+
+    from dcx.export import verify
+
+    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")  # the module, not its function
+
+    real_problems, tries = verify.accuracy_problems, []
+    monkeypatch.setattr(verify, "accuracy_problems", lambda report: tries.append(1) or (
+        ["decisions agree on too few images (stand-in)"] if len(tries) < 3 else real_problems(report)))
+    real_calibrator, calibrations = ort_quantize.create_calibrator, []
+    monkeypatch.setattr(ort_quantize, "create_calibrator",
+                        lambda *a, **k: calibrations.append(1) or real_calibrator(*a, **k))
+    out = tmp_path / "m.onnx"
+    result = invoke(main, [trained_checkpoint, "--precision", "int8", "--calib", synth_archive, "--calib-samples", 32,
+                           "--out", out])
+    assert "trying again with features.4 in float too" in result.output
+    assert "trying again with features.5 in float too" in result.output
+    calibration = json.loads(sidecar_path(out).read_text())["calibration"]
+    # resnet18's stages are features.4-7: the third plan leaves the first two in float
+    assert calibration["float_layers"] == ["first_conv", "head", "features.4", "features.5"]
+    assert [a["passed"] for a in calibration["attempts"]] == [False, False, True]
+    assert calibration["attempts"][1]["float_layers"] == ["first_conv", "head", "features.4"]
+    assert len(calibrations) == 1  # calibrated once: later tries reuse the activation ranges
+    quantized = _quantized_nodes(onnx.load(str(out)))
+    assert not any(name.startswith(("/features/features.4/", "/features/features.5/")) for name in quantized)
+    assert any(name.startswith("/features/features.6/") for name in quantized)
+    ref, got = _independent_metrics(out, trained_checkpoint)  # what was kept passes the real gates
+    assert abs(got["sensitivity"] - ref["sensitivity"]) <= 0.01 and abs(got["specificity"] - ref["specificity"]) <= 0.01
+
+
+def test_int8_search_gives_up_after_half_the_stages_and_named_layers_turn_it_off(
+        trained_checkpoint, synth_archive, tmp_path, monkeypatch):
+    from dcx.export import verify
+
+    monkeypatch.setattr(verify, "MIN_DECISION_AGREEMENT", 1.01)  # unreachable: every try fails
+    common = [trained_checkpoint, "--precision", "int8", "--calib", synth_archive, "--calib-samples", 32]
+    failed = invoke(main, common + ["--out", tmp_path / "m.onnx"], expect_exit=1)
+    assert failed.output.count("does not pass the gates") == 2  # three tries: base, +features.4, +features.5
+    assert "m.onnx was removed" in failed.output and not list(tmp_path.glob("m.onnx*"))
+    kept = invoke(main, common + ["--accept-accuracy-loss", "--out", tmp_path / "k.onnx"])
+    attempts = json.loads(sidecar_path(tmp_path / "k.onnx").read_text())["calibration"]["attempts"]
+    assert [a["float_layers"][2:] for a in attempts] == [[], ["features.4"], ["features.4", "features.5"]]
+    assert all(a["passed"] is False and a["problems"] for a in attempts) and "kept" in kept.output
+    named = invoke(main, common + ["--float-layers", "head", "--out", tmp_path / "n.onnx"], expect_exit=1)
+    assert "does not pass the gates" not in named.output and "n.onnx was removed" in named.output
+
+
+def test_a_stage_the_model_lacks_is_refused_with_its_stages(trained_checkpoint, synth_archive, tmp_path):
+    error = invoke(main, [trained_checkpoint, "--precision", "int8", "--calib", synth_archive, "--calib-samples", 32,
+                          "--float-layers", "features.40", "--out", tmp_path / "m.onnx"], expect_exit=1).output
+    assert "Traceback" not in error and "no backbone stage 'features.40'" in error and "features.4, features.5, features.6, features.7" in error
+    bad = invoke(main, [trained_checkpoint, "--precision", "int8", "--float-layers", "layer4"], expect_exit=2)
+    assert "neither one of first_conv, head, none nor a backbone stage" in bad.output
 
 
 def test_tensorrt_int8_graph_is_symmetric_qdq_and_cannot_be_swapped_for_the_cpu_one(
