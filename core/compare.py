@@ -64,6 +64,12 @@ def deltas(reference: dict, candidate: dict) -> dict:
     return out
 
 
+#: Slack for float rounding at a gate's limit: differences of proportions carry it (2 of 200 is
+#: 0.51 - 0.50 = 0.010000000000000009, which a 1-point limit must pass), and no count of images
+#: moves a proportion by this little.
+ROUNDING = 1e-9
+
+
 def gates(delta: dict, agree: dict, *, tolerance: float, min_agreement: float | None = None,
           max_delta_p: float | None = None, metrics_gated: tuple[str, ...] = ("sensitivity", "specificity")) -> list[dict]:
     """Each limit with its value and whether it passed; an unmeasurable value (NaN/None) never passes."""
@@ -76,9 +82,9 @@ def gates(delta: dict, agree: dict, *, tolerance: float, min_agreement: float | 
         out.append({"name": "max |delta p|", "value": agree["max_abs_delta_p"], "limit": max_delta_p,
                     "at_most": True})
     for gate in out:
-        value = gate["value"]
+        value, limit = gate["value"], gate["limit"]
         measurable = not math.isnan(value)
-        gate["passed"] = measurable and (value <= gate["limit"] if gate.pop("at_most") else value >= gate["limit"])
+        gate["passed"] = measurable and (value <= limit + ROUNDING if gate.pop("at_most") else value >= limit - ROUNDING)
     return out
 
 

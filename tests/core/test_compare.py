@@ -44,3 +44,19 @@ def test_an_unmeasurable_metric_never_passes_a_gate():
     agree = compare.agreement(np.array([0.1, 0.2, 0.3]), 0.5, np.array([0.1, 0.2, 0.3]), 0.5)
     gate = compare.gates(delta, agree, tolerance=0.01)[0]
     assert gate["name"] == "|delta sensitivity|" and gate["passed"] is False
+
+
+@pytest.mark.parametrize("flipped, passed", [(2, True), (3, False)])
+def test_a_delta_exactly_at_the_limit_passes_despite_float_rounding(flipped, passed):
+    """2 of 200 negatives flipped is 1.00 point of specificity (0.51 - 0.50 = 0.010000000000000009
+    in floats): a 1-point limit passes it; 3 of 200 (1.5 points) fails."""
+    y = np.zeros(200, dtype=int)
+    reference = np.r_[np.full(100, 0.9), np.full(100, 0.1)]
+    candidate = reference.copy()
+    candidate[:flipped] = 0.1
+    delta = compare.deltas(compare.screening(y, reference, 0.5), compare.screening(y, candidate, 0.5))
+    agree = compare.agreement(reference, 0.5, candidate, 0.5)
+    if flipped == 2:
+        assert abs(delta["specificity"]) > 0.01  # the rounding is real
+    gate = compare.gates(delta, agree, tolerance=0.01, metrics_gated=("specificity",))[0]
+    assert gate["passed"] is passed
