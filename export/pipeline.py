@@ -199,7 +199,7 @@ def _write_int8(req: ExportRequest, model: DcxNet, card: ModelCard, check: "_Ver
             if result["passed"] is not False or number == len(plans):
                 break
             echo(f"{path.name} does not pass the gates with {', '.join(layers)} in float; trying again with "
-                 f"{plans[number][-1]} in float too (same calibration)")
+                 f"{', '.join(plans[number][len(layers):])} in float too (same calibration)")
         if len(attempts) > 1:
             update_sidecar(path, calibration={**calibration, "float_layers": list(layers), "attempts": attempts})
     check.judge(path, result, [path, sidecar_path(path), calibration_manifest_path(path)])

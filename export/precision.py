@@ -160,8 +160,8 @@ def float_nodes(model, layers: Iterable[str]) -> list[str]:
         elif STAGE_LAYER.fullmatch(layer):
             stage = [n.name for n in nodes if n.name.startswith(f"/features/{layer}/")]
             if not stage:
-                raise DcxError(f"this model has no backbone stage {layer!r}; its stages: "
-                               f"{', '.join(backbone_stages(model))}")
+                modules = [module for stage in backbone_stages(model) for module in stage]
+                raise DcxError(f"this model has no backbone stage {layer!r}; its stages: {', '.join(modules)}")
             names += stage
         else:
             raise DcxError(f"unknown float layer {layer!r}; choose from {', '.join(FLOAT_LAYERS)} or a backbone "
@@ -169,29 +169,46 @@ def float_nodes(model, layers: Iterable[str]) -> list[str]:
     return names
 
 
-def backbone_stages(model) -> list[str]:
-    """The backbone's stages that compute (hold a Conv), from the input on, as PyTorch names them
-    (``features.N``), less the first convolution's."""
-    found = []
+def backbone_stages(model) -> list[tuple[str, ...]]:
+    """The backbone's stages from the input on, less the first convolution's: its modules that hold
+    a Conv (``features.N``, as PyTorch names them), a module joining the stage before when all its
+    convolutions read maps of the size that stage's last one read. A stage is what works at one
+    resolution: a DenseNet transition reads its dense block's maps (and leaving the block in float
+    while its transition quantizes those maps did not keep a cxr-dev densenet121's decisions over
+    all 300 images), while ResNet's next layer starts by reading the last layer's maps and goes on
+    at half their size."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    sizes = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim[-2:])
+             for v in [*inferred.graph.value_info, *inferred.graph.input]}
+    reads: dict[str, list[tuple]] = {}  # module -> the map size each of its convolutions reads
     for node in model.graph.node:
         parts = node.name.split("/")
         if node.op_type == "Conv" and len(parts) > 2 and parts[1] == "features" and STAGE_LAYER.fullmatch(parts[2]):
-            if parts[2] not in found:
-                found.append(parts[2])
-    return found[1:]
+            reads.setdefault(parts[2], []).append(sizes.get(node.input[0]))
+    stages: list[tuple[str, ...]] = []
+    for module in list(reads)[1:]:
+        if stages and set(reads[module]) == {reads[stages[-1][-1]][-1]}:
+            stages[-1] += (module,)
+        else:
+            stages.append((module,))
+    return stages
 
 
 def float_layer_plans(model, layers: tuple[str, ...], *, search: bool) -> list[tuple[str, ...]]:
     """The float layers an INT8 export tries, in order, until one passes the accuracy gates:
-    ``layers``, then (with ``search``) ``layers`` and the backbone's first stage, its first two,
-    ... up to half of its stages, beyond which INT8 saves little over FP32. From the input on,
-    because the early high-resolution stages were the sensitive ones: a cxr-dev densenet121 kept
-    98.9% of its validation decisions quantized throughout, 100% with its first dense block in
-    float (and 69 against 88 CPU-ms per image in FP32, OpenVINO); benchmarks/README.md."""
+    ``layers``, then (with ``search``) ``layers`` and the backbone's first stage
+    (:func:`backbone_stages`), its first two, ... up to half of its stages, beyond which INT8 saves
+    little over FP32. From the input on, because the early high-resolution stages were the
+    sensitive ones: a cxr-dev densenet121 kept 98.9% of its validation decisions quantized
+    throughout, 100% with its first stage in float (and 69 against 88 CPU-ms per image in FP32,
+    OpenVINO); benchmarks/README.md."""
     plans = [tuple(layers)]
     if search:
         stages = backbone_stages(model)
-        plans += [tuple(layers) + tuple(stages[:k]) for k in range(1, math.ceil(len(stages) / 2) + 1)]
+        for k in range(1, math.ceil(len(stages) / 2) + 1):
+            plans.append(tuple(layers) + tuple(module for stage in stages[:k] for module in stage))
     return plans
 
 

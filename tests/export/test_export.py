@@ -444,3 +444,22 @@ def test_stratified_sample_keeps_class_proportions_and_is_reproducible():
     assert [s.label for s in chosen].count("normal") == 6 and len(chosen) == 10
     assert chosen == stratified_sample(samples, 10, seed=3) != stratified_sample(samples, 10, seed=4)
     assert {s.label for s in stratified_sample(samples, 2)} == {"covid", "normal", "other"}  # none left out
+
+
+def test_a_stage_is_what_reads_one_resolution(tmp_path):
+    """densenet121: each transition joins its dense block (its 1x1 convolution reads the block's
+    maps); resnet18: every layer is a stage (each starts on the last one's maps, then halves them)."""
+    from dcx.export.precision import backbone_stages, float_layer_plans
+
+    stages = {}
+    for arch in ("densenet121", "resnet18"):
+        invoke(main, [_random_checkpoint(tmp_path / f"{arch}.pt", arch), "--precision", "fp32", "--out",
+                      tmp_path / f"{arch}.onnx"])
+        stages[arch] = backbone_stages(onnx.load(str(tmp_path / f"{arch}.onnx")))
+    assert stages["densenet121"] == [("features.4", "features.5"), ("features.6", "features.7"),
+                                     ("features.8", "features.9"), ("features.10",)]
+    assert stages["resnet18"] == [("features.4",), ("features.5",), ("features.6",), ("features.7",)]
+    plans = float_layer_plans(onnx.load(str(tmp_path / "densenet121.onnx")), ("head",), search=True)
+    assert plans == [("head",), ("head", "features.4", "features.5"),
+                     ("head", "features.4", "features.5", "features.6", "features.7")]
+    assert float_layer_plans(onnx.load(str(tmp_path / "densenet121.onnx")), ("head",), search=False) == [("head",)]
