@@ -13,6 +13,7 @@ from dcx.core.files import usable_cores
 from dcx.core.site import read_site
 
 from . import interrupts
+from .backends import CPU_BATCH_SIZE
 from .dicomweb import ENV_PASSWORD, ENV_TOKEN, ENV_USER, DicomWebClient, DicomWebSource, Query, is_dicomweb_url
 from .lock import OutputLock
 from .ray_runner import RAY_HELP, parse_address, screen_on_ray  # Ray itself loads only when --ray runs
@@ -253,7 +254,7 @@ def _check_heatmap_folder(folder: Path) -> None:
 
 
 def _default_batch_size(device: str) -> int:
-    return 64 if device != "cpu" and gpu_available() else 16
+    return 64 if device != "cpu" and gpu_available() else CPU_BATCH_SIZE
 
 
 def _archive_name(archive, files_from: str | None) -> str:

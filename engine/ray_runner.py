@@ -193,7 +193,7 @@ class _ScoreFiles:
 
         self.options = options
         self.backend = open_backend(options.engine, device=options.device,
-                                    threads=1 if options.device == "cpu" else None)
+                                    threads=1 if options.device == "cpu" else None, batch_size=options.batch_size)
         self.schema = RowSchema.for_card(self.backend.card, options.include_phi, options.site)
         self.stats = scoring.Stats()
         self.backend_info = json.dumps({"name": self.backend.name, "precision": self.backend.precision,

@@ -55,7 +55,8 @@ def screen(options: ScreenOptions) -> dict:
         backend = None
         decode_device = decode_device_before_load(options)
         if decode_device is None:  # the backend decides where decoding runs: load it first
-            backend = stack.enter_context(open_backend(options.engine, device=options.device))
+            backend = stack.enter_context(open_backend(options.engine, device=options.device,
+                                                       batch_size=options.batch_size))
             card, decode_device = backend.card, device_of(backend.device)
         else:  # from the sidecar: the model loads later, while decoding runs
             card = read_engine_card(options.engine)
@@ -75,7 +76,8 @@ def screen(options: ScreenOptions) -> dict:
             decode=options.dicomweb.decode if options.dicomweb is not None else None))
         if backend is None:  # decoding already runs in the producer: the model loads meanwhile
             t0 = time.perf_counter()
-            backend = stack.enter_context(open_backend(options.engine, device=options.device))
+            backend = stack.enter_context(open_backend(options.engine, device=options.device,
+                                                       batch_size=options.batch_size))
             stats.add_time("setup", time.perf_counter() - t0)
         writer = stack.enter_context(open_writer(options.out, schema.columns, options.fmt))
         progress = _Progress(options, stats) if options.progress else None

@@ -28,7 +28,7 @@ from dcx.core.artefact import (PRECISIONS, read_card, read_precision, read_sidec
 from dcx.core.card import ModelCard, load_model
 from dcx.core.errors import DcxError
 from dcx.core.models import DcxNet
-from dcx.engine.backends import open_backend
+from dcx.engine.backends import CPU_BATCH_SIZE, open_backend
 
 from . import precision as precision_mod, samples as samples_mod, verify
 from .onnx_export import export_onnx, save_onnx_artefact
@@ -289,9 +289,9 @@ def _verify_onnx(check: _Verification, onnx_path: Path, reference, precision: st
 
 
 def _verify(check: _Verification, onnx_path: Path, reference, precision: str) -> dict:
-    """Through the backend that will serve it (ONNX Runtime or OpenVINO, as the sidecar records);
-    the result goes into the sidecar."""
-    with open_backend(onnx_path, device="cpu") as backend:
+    """Through the backend that will serve it (ONNX Runtime or OpenVINO, as the sidecar records),
+    set up as dcx-infer sets it up on a CPU by default; the result goes into the sidecar."""
+    with open_backend(onnx_path, device="cpu", batch_size=CPU_BATCH_SIZE) as backend:
         result = check.run(backend.infer, reference, RUNTIME_NAMES[backend.name], "PyTorch", onnx_path.name,
                            exact=precision == "fp32")
         runtime = backend.name

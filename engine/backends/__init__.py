@@ -35,17 +35,22 @@ from dcx.core.errors import DcxError
 
 from .base import Backend
 
-__all__ = ["Backend", "open_backend", "read_engine_card", "BACKEND_BY_SUFFIX"]
+__all__ = ["Backend", "open_backend", "read_engine_card", "BACKEND_BY_SUFFIX", "CPU_BATCH_SIZE"]
 
 BACKEND_BY_SUFFIX = {".plan": "tensorrt", ".engine": "tensorrt", ".onnx": "onnxruntime", ".pt": "pytorch"}
+#: The batch dcx-infer sends on a CPU unless told otherwise (and dcx-export verifies with).
+CPU_BATCH_SIZE = 16
 
 
-def open_backend(path: str | os.PathLike, *, device: str = "auto", threads: int | None = None) -> Backend:
+def open_backend(path: str | os.PathLike, *, device: str = "auto", threads: int | None = None,
+                 batch_size: int | None = None) -> Backend:
     """Load the model at ``path`` on ``device`` (auto, cpu or gpu: :mod:`dcx.core.devices`) and return its backend.
 
     ``threads`` caps CPU threads (ONNX Runtime intra-op pool, or PyTorch's process-wide
-    pool); None uses every core this process may run on. Raises :class:`DcxError` with one
-    line for a missing, foreign or corrupt file, or a backend this machine cannot run.
+    pool); None uses every core this process may run on. ``batch_size``: the batch the caller
+    will send, for OpenVINO, which compiles for exactly it (other backends take any batch as
+    it comes). Raises :class:`DcxError` with one line for a missing, foreign or corrupt file,
+    or a backend this machine cannot run.
     """
     path = Path(path)
     kind = BACKEND_BY_SUFFIX.get(path.suffix.lower())
@@ -58,7 +63,9 @@ def open_backend(path: str | os.PathLike, *, device: str = "auto", threads: int 
     if kind == "tensorrt":
         from .tensorrt_backend import TensorRTBackend as cls
     elif kind == "onnxruntime" and read_runtime(path) == "openvino":
-        from .openvino_backend import OpenVinoBackend as cls
+        from .openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend(path, device=device, threads=threads, batch_size=batch_size)
     elif kind == "onnxruntime":
         from .onnxruntime_backend import OnnxRuntimeBackend as cls
     else:

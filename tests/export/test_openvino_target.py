@@ -63,6 +63,23 @@ def test_fp32_for_openvino_matches_pytorch(trained_checkpoint, tmp_path):
         assert np.abs(backend.infer(images)[0] - reference.infer(images)[0]).max() < 1e-4
 
 
+def test_a_batch_size_compiles_a_static_batch_and_pads_smaller_ones(openvino_int8):
+    """The engine's batch is compiled in (OpenVINO's INT8 kernels run faster with a static shape);
+    fewer images are padded and more are split, and every row comes out as without it."""
+    out, _ = openvino_int8
+    with open_backend(out) as dynamic, open_backend(out, batch_size=4) as static:
+        assert dynamic.max_batch is None and static.max_batch == 4
+        assert [d.get_length() for d in static.compiled.input("image").get_partial_shape()][0] == 4
+        px = static.card.input_size
+        images = torch.rand(7, 1, px, px, generator=torch.Generator().manual_seed(1))
+        for n in (1, 3, 4, 7):  # padded, padded, exact, split into 4 + 3 (padded)
+            want, got = dynamic.infer(images[:n]), static.infer(images[:n])
+            assert all(len(g) == n for g in got if g is not None)
+            for w, g in zip(want, got):
+                if w is not None:
+                    np.testing.assert_allclose(g, w, atol=1e-5)
+
+
 def test_dcx_infer_serves_it_with_openvino(openvino_int8, synth_archive, tmp_path):
     out, _ = openvino_int8
     files = tmp_path / "files.txt"
