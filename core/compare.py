@@ -84,7 +84,8 @@ def gates(delta: dict, agree: dict, *, tolerance: float, min_agreement: float | 
     for gate in out:
         value, limit = gate["value"], gate["limit"]
         measurable = not math.isnan(value)
-        gate["passed"] = measurable and (value <= limit + ROUNDING if gate.pop("at_most") else value >= limit - ROUNDING)
+        at_most = gate.pop("at_most")
+        gate["passed"] = measurable and (value <= limit + ROUNDING if at_most else value >= limit - ROUNDING)
     return out
 
 

@@ -46,7 +46,7 @@ class ExportRequest:
     target: str | None = None  # cpu, openvino or tensorrt (precision.TARGETS); None: tensorrt for a .plan, else cpu
     calib: Path | None = None
     calib_samples: int = 512
-    float_layers: tuple[str, ...] | None = None  # int8: layers left unquantized; None: the defaults, then the stage search
+    float_layers: tuple[str, ...] | None = None  # int8: left unquantized; None: the defaults, then the stage search
     eval_data: Path | None = None
     min_batch: int = 1
     opt_batch: int = 64
