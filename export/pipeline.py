@@ -179,7 +179,7 @@ def _write_int8(req: ExportRequest, model: DcxNet, card: ModelCard, check: "_Ver
     the gates; the last attempt is judged. After a retry, the sidecar lists every attempt."""
     import onnx
 
-    runtime = precision_mod.RUNTIME_OF_TARGET[req.target]
+    runtime, source = precision_mod.RUNTIME_OF_TARGET[req.target], _source(req)
     req.onnx_out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=req.onnx_out.parent, prefix=".dcx-export-") as tmp:
         fp32 = export_onnx(model, card, Path(tmp) / "fp32.onnx", gray_stem=precision_mod.folds_gray_stem(req.target))
@@ -189,7 +189,7 @@ def _write_int8(req: ExportRequest, model: DcxNet, card: ModelCard, check: "_Ver
         for number, layers in enumerate(plans, 1):
             proto = precision_mod.quantize_int8(fp32, images, target=req.target, keep_float=layers,
                                                 calibration_cache=Path(tmp) / "ranges.json")
-            path = save_onnx_artefact(proto, card, "int8", req.onnx_out, runtime=runtime, source=_source(req),
+            path = save_onnx_artefact(proto, card, "int8", req.onnx_out, runtime=runtime, source=source,
                                       calibration={**calibration, "float_layers": list(layers)})
             echo(f"wrote {path} (int8 for {runtime}, {', '.join(layers) or 'no layer'} in float, sha256 "
                  f"{sha256_file(path)[:12]}) and {sidecar_path(path).name}")

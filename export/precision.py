@@ -140,9 +140,10 @@ def folds_gray_stem(target: str) -> bool:
     """Whether graphs for ``target`` fold the first convolution for the gray input
     (:class:`dcx.core.models.GrayStem`). On CPUs: resnet18's INT8 graph ran 3-4% faster in
     OpenVINO (dcx-bench model, 20 calls taking turns; its float first layer took half the time).
-    Not for TensorRT: its INT8 flavour quantizes the first convolution with symmetric activations, and raw [0, 1] gray uses half of that range where
-    normalised pixels used all of it (a test model's decisions then moved: 94.4% agreement);
-    a GPU has compute to spare for the 3-channel layer."""
+    Not for TensorRT: its INT8 flavour quantizes the first convolution with symmetric activations,
+    and raw [0, 1] gray uses half of that range where normalised pixels used all of it (a test
+    model's decisions then moved: 94.4% agreement); a GPU has compute to spare for the 3-channel
+    layer."""
     return target != "tensorrt"
 
 
@@ -160,7 +161,7 @@ def float_nodes(model, layers: Iterable[str]) -> list[str]:
         elif STAGE_LAYER.fullmatch(layer):
             stage = [n.name for n in nodes if n.name.startswith(f"/features/{layer}/")]
             if not stage:
-                modules = [module for stage in backbone_stages(model) for module in stage]
+                modules = [module for group in backbone_stages(model) for module in group]
                 raise DcxError(f"this model has no backbone stage {layer!r}; its stages: {', '.join(modules)}")
             names += stage
         else:
