@@ -7,7 +7,8 @@ so it is defined here once:
    (DICOM: rescale, VOI window and MONOCHROME1 inversion first, see ``dcx.core.dicom``),
    colour by ITU-R BT.601 luma (0.299 R + 0.587 G + 0.114 B, as PIL's ``convert("L")``),
    alpha ignored, palette expanded first.
-2. **Letterbox.** Scale so the longer side is ``size`` (bilinear, antialiased when shrinking),
+2. **Letterbox.** Scale so the longer side is ``size`` (bilinear, antialiased when shrinking:
+   torch's ``F.interpolate(antialias=True)``, computed on the CPU by :mod:`dcx.core.resize`),
    keeping the aspect ratio so non-square films keep both lung fields, then pad the shorter
    side symmetrically with ``pad_value`` (black) to ``size`` x ``size``.
 3. **Normalisation** (the card's mean/std, ImageNet's by default, after replicating gray to
@@ -24,9 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .errors import DcxError
+from .resize import resize_antialiased
 
 #: Refuse images above this many pixels before decoding (decompression bombs, lying headers).
 MAX_PIXELS = 16384 * 16384
@@ -121,7 +122,7 @@ def letterbox(image: torch.Tensor, size: int, pad_value: float = 0.0, *, scale: 
     x = image if batched else image.unsqueeze(0)
     h, w, top, left = letterbox_geometry(x.shape[-2], x.shape[-1], size)
     if (h, w) != tuple(x.shape[-2:]):
-        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        x = resize_antialiased(x, h, w)
     if scale != 1.0 or offset != 0.0:
         x = x * scale + offset
     out = x.new_full((x.shape[0], x.shape[1], size, size), pad_value)

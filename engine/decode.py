@@ -50,7 +50,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from dcx.core import dicom, formats
@@ -58,6 +57,7 @@ from dcx.core.errors import DcxError
 from dcx.core.preprocess import MAX_PIXELS, Preprocess, letterbox_geometry, to_unit_gray
 from dcx.core.reader import read_unit_gray
 from dcx.core.reasons import clean_text, exception_reason
+from dcx.core.resize import resize_antialiased
 
 from . import codec_rules, integrity
 from .dali_pipeline import CLOCK_STAGES, KINDS, BatchFailed, Sample, LetterboxPipeline
@@ -356,8 +356,8 @@ def dct_scaled_jpeg(data: bytes, size: int) -> Callable[[], np.ndarray] | None:
         h, w, _, _ = letterbox_geometry(im.height, im.width, size)
         with im:
             im.draft(im.mode, (-(-im.width // scale), -(-im.height // scale)))
-            unit = torch.from_numpy(to_unit_gray(np.asarray(im)))[None, None]
-        return F.interpolate(unit, size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0, 0].numpy()
+            unit = torch.from_numpy(to_unit_gray(np.asarray(im)))
+        return resize_antialiased(unit, h, w).numpy()
 
     return decode
 

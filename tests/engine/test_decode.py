@@ -250,6 +250,22 @@ def test_a_file_the_host_letterbox_fails_on_does_not_cost_its_batch_mates(raster
     assert_parity(batch, paths)
 
 
+def test_host_letterbox_buffer_serves_larger_and_smaller_films_alike(rasters, monkeypatch):
+    """The float buffer the host letterbox reuses: a film after a larger one reads only its own
+    pixels, and a film above the buffer's limit gets its own array; parity holds for both."""
+    import dcx.engine.dali_pipeline as dp
+
+    gray = np.asarray(Image.open(rasters["gray.png"]))
+    monkeypatch.setattr(dp, "HOST_BUFFER_VALUES", gray.size - 1)  # gray.png alone goes over
+    paths = [rasters["small.png"], rasters["gray.png"], rasters["tall.png"], rasters["small.png"]]
+    with Decoder(Preprocess(SIZE), batch_size=4) as dec:
+        batch = dec.decode(paths)
+        assert dec._pipelines["gray8"]._host_buffer.numel() < gray.size
+    assert [o.meta["decoded_by"] for o in batch.outcomes] == ["dali"] * 4
+    assert_parity(batch, paths)
+    assert torch.equal(batch.images[0], batch.images[3])
+
+
 def test_one_pipeline_serves_many_batches(rasters):
     paths = [rasters["gray.png"], rasters["small.png"], rasters["tall.png"]] * 4
     with Decoder(Preprocess(SIZE), batch_size=5) as dec:
