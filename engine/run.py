@@ -40,6 +40,10 @@ from .state import StateDB
 
 #: Decoded chunks waiting for inference (bounds memory: PREFETCH x batch of images).
 PREFETCH = 2
+#: Until the first chunk is taken -- while the model loads -- decoding may run further ahead, up
+#: to this many bytes of decoded images: an OpenVINO graph compiled for a static batch loads on
+#: one core for ~2 s (densenet121), and the decoder has the other one meanwhile.
+LOADING_PREFETCH_BYTES = 64 << 20
 
 
 def screen(options: ScreenOptions) -> dict:
@@ -69,11 +73,13 @@ def screen(options: ScreenOptions) -> dict:
             state = stack.enter_context(StateDB(options.state, state_profile(card.model_id, options)))
             if options.dicomweb is not None:
                 last_run = options.dicomweb.last_run(state)
+        chunk_bytes = options.batch_size * card.input_size ** 2 * 4  # (N, 1, S, S) float32
         producer = stack.enter_context(_Producer(
             chunks(candidates(options, last_run=last_run), state, options.batch_size, stats,
                    reusable=reusable_rows(options)),
             lambda: open_decoder(card, decode_device, options), stats,
-            decode=options.dicomweb.decode if options.dicomweb is not None else None))
+            decode=options.dicomweb.decode if options.dicomweb is not None else None,
+            ahead_while_loading=max(PREFETCH, LOADING_PREFETCH_BYTES // chunk_bytes)))
         if backend is None:  # decoding already runs in the producer: the model loads meanwhile
             t0 = time.perf_counter()
             backend = stack.enter_context(open_backend(options.engine, device=options.device,
@@ -133,17 +139,21 @@ def send_reports(reporter: Reporter, chunk: Chunk, rows: list[dict]) -> list[int
 
 
 class _Producer:
-    """Discovery, state lookup and decoding in a background thread, ``PREFETCH`` chunks ahead."""
+    """Discovery, state lookup and decoding in a background thread, ``PREFETCH`` chunks ahead
+    (``ahead_while_loading`` until the consumer takes its first chunk)."""
 
     _END = object()
 
-    def __init__(self, chunks: Iterator[Chunk], make_decoder, stats: Stats, decode=None):
+    def __init__(self, chunks: Iterator[Chunk], make_decoder, stats: Stats, decode=None,
+                 ahead_while_loading: int = PREFETCH):
         self._chunks = chunks
         self._make_decoder = make_decoder
         #: ``decode(decoder, paths)``: how paths become a DecodedBatch (DICOMweb retrieves first)
         self._decode = decode or (lambda decoder, paths: decoder.decode(paths))
         self._stats = stats
-        self._queue: queue.Queue = queue.Queue(maxsize=PREFETCH)
+        self._queue: queue.Queue = queue.Queue()  # bounded by _room: items put and not yet taken
+        self._room = threading.Condition()
+        self._ahead, self._limit = 0, max(ahead_while_loading, PREFETCH)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dcx-decode", daemon=True)
 
@@ -171,17 +181,21 @@ class _Producer:
             self._put(exc)
 
     def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        with self._room:
+            while self._ahead >= self._limit and not self._stop.is_set():
+                self._room.wait(timeout=0.1)
+            if self._stop.is_set():
+                return False
+            self._ahead += 1
+        self._queue.put(item)
+        return True
 
     def __iter__(self) -> Iterator[Chunk]:
         while True:
             item = self._queue.get()
+            with self._room:  # the model is loaded: from now on PREFETCH ahead
+                self._ahead, self._limit = self._ahead - 1, PREFETCH
+                self._room.notify()
             if item is self._END:
                 return
             if isinstance(item, BaseException):
