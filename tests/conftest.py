@@ -6,6 +6,7 @@ The synthetic archive and the model are made once per test session through the r
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -20,6 +21,9 @@ os.environ["DCX_PROGRESS_SECONDS"] = "0"
 # Caches (OpenVINO compiled models, TensorRT timing caches) go to a folder of this test session,
 # not to the user's ~/.cache/dcx.
 os.environ["DCX_CACHE_DIR"] = tempfile.mkdtemp(prefix="dcx-test-cache-")
+# Tests import openvino directly too (importorskip): without its telemetry, as dcx does
+# (dcx.engine.backends.openvino_backend.import_openvino says why).
+sys.modules.setdefault("openvino_telemetry", None)
 
 
 def invoke(command, args, expect_exit: int | None = 0):

@@ -22,6 +22,7 @@ settings and recompiles on any change), so a nightly run does not compile the sa
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import torch
@@ -35,6 +36,23 @@ from .base import Backend
 INSTALL_HINT = "pip install 'dcx[openvino]'"
 
 
+def import_openvino():
+    """``import openvino`` without its telemetry.
+
+    Importing OpenVINO imports its model converter, which sends a usage event to Google
+    Analytics from a forked process whenever the openvino-telemetry package is installed (a
+    dependency of the openvino wheel; ``openvino/tools/ovc/__init__.py``). A hospital's nightly
+    screening must not phone home, and the fork, made while dcx's decode thread was importing,
+    left the child waiting forever on the import lock and dcx-infer waiting for it at exit (one
+    ``dcx-bench`` repetition hung so). With the package marked absent, OpenVINO uses its own
+    no-op stub (``telemetry_stub``); importing also got ~0.1 s cheaper.
+    """
+    sys.modules.setdefault("openvino_telemetry", None)
+    import openvino
+
+    return openvino
+
+
 class OpenVinoBackend(Backend):
     name = "openvino"
 
@@ -44,7 +62,7 @@ class OpenVinoBackend(Backend):
             raise DcxError(f"{os.fspath(path)} was exported for OpenVINO, which dcx runs on the CPU; use device cpu "
                            "(or export an fp16 plan or ONNX for the GPU)")
         try:
-            import openvino as ov
+            ov = import_openvino()
         except ImportError:
             raise DcxError(f"{os.fspath(path)} was exported for OpenVINO, which is not installed: {INSTALL_HINT} "
                            "(or re-export it with --target cpu for ONNX Runtime)") from None

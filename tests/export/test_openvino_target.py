@@ -3,6 +3,7 @@ and the engine serves it with OpenVINO, never with another runtime."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -52,6 +53,22 @@ def test_int8_for_openvino_is_verified_and_served_by_openvino(openvino_int8, tra
     assert np.allclose(probs.sum(1), 1, atol=1e-4) and (ood is None) == (ref_ood is None)
     # compiled once, then loaded from $DCX_CACHE_DIR/openvino (conftest points it at a test folder)
     assert list((cache_dir() / "openvino").glob("*.blob"))
+
+
+def test_serving_openvino_sends_no_telemetry(openvino_int8, tmp_path):
+    """A fresh process that opens an OpenVINO artefact and scores with it leaves
+    openvino-telemetry unimported and forks no process to send a usage event."""
+    out, _ = openvino_int8
+    script = (
+        "import multiprocessing, sys, torch\n"
+        "from dcx.engine.backends import open_backend\n"
+        f"with open_backend({str(out)!r}, batch_size=2) as backend:\n"
+        "    backend.infer(torch.rand(2, 1, backend.card.input_size, backend.card.input_size))\n"
+        "print('openvino' in sys.modules, sys.modules.get('openvino_telemetry', 'absent'),\n"
+        "      len(multiprocessing.active_children()))\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["True", "None", "0"]
 
 
 def test_fp32_for_openvino_matches_pytorch(trained_checkpoint, tmp_path):
