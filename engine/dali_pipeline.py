@@ -56,8 +56,9 @@ CLOCK_STAGES = ("setup", "decode", "preprocess")
 
 KINDS = ("gray8", "rgb8", "gray16", "raw16")
 _LUMA = torch.tensor(LUMA_WEIGHTS, dtype=torch.float32)
-#: The largest decoded image (values) whose float copy reuses one buffer (64 MiB): see _as_float.
-HOST_BUFFER_VALUES = 16 << 20
+#: The largest decoded image (values) whose float copy reuses one buffer (32 MiB: gray films and
+#: 16-bit DICOM frames up to 8 megapixels), which then stays allocated: see _as_float.
+HOST_BUFFER_VALUES = 8 << 20
 _INPUTS = ("encoded", "clamp_lo", "clamp_hi", "resized", "above", "below", "left", "right",
            "gain", "offset", "box_anchor")
 
