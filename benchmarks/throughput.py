@@ -245,6 +245,9 @@ def _ratios(report: dict) -> dict:
         pairs = [d / p for d, p in zip(dcx["values"], peer["values"])]
         ratios["dcx_over_peer"] = dcx["median"] / peer["median"]
         ratios["dcx_over_peer_pairs"] = summarise(pairs)
+        # the same comparison over whole processes: interpreter start, imports and exit included
+        ratios["process_wall_peer_over_dcx"] = (report["peer"]["process_wall_s"]["median"]
+                                                / report["dcx"]["process_wall_s"]["median"])
     return ratios
 
 
@@ -289,6 +292,11 @@ def markdown(report: dict) -> str:
     if "dcx_over_peer" in ratios:
         lines.append(f"- dcx / peer: **{ratios['dcx_over_peer']:.2f}x** (per repetition pair "
                      f"{rep.fmt_range(ratios['dcx_over_peer_pairs'], 2)}x)")
+        lines.append(f"- whole processes, interpreter start, imports and exit included (the clocks above start "
+                     f"after the imports of each command's own modules): dcx-infer "
+                     f"{report['dcx']['process_wall_s']['median']:.2f} s, peer "
+                     f"{report['peer']['process_wall_s']['median']:.2f} s: "
+                     f"**{ratios['process_wall_peer_over_dcx']:.2f}x**")
         agree = report["peer_agreement"]
         lines.append(f"- same weights check, dcx vs peer: flag agreement {agree['flag_agreement']:.1%}, "
                      f"max |delta p| {agree['max_abs_delta_p']:.4f} (reference: {report['reference']['checkpoint']}, "

@@ -82,10 +82,12 @@ def test_throughput_smoke(fp32_onnx, synth_archive, tmp_path):
     assert report["peer"]["batch_size"] == 20 and report["peer"]["images_per_s"]["median"] > 0
     assert "sidecar" in report["reference"]["resolved_from"]
     assert report["ratios"]["dcx_over_peer"] > 0 and report["ratios"]["dcx_over_model_only"] > 0
+    assert report["ratios"]["process_wall_peer_over_dcx"] == pytest.approx(
+        report["peer"]["process_wall_s"]["median"] / report["dcx"]["process_wall_s"]["median"])
     # same weights on both sides: the peer's resizer differs slightly, its decisions barely
     assert report["peer_agreement"]["files"] == 12
     assert report["peer_agreement"]["max_abs_delta_p"] < 0.1
-    assert "dcx / peer" in md.read_text() and "dcx / peer" in result.output
+    assert "dcx / peer" in md.read_text() and "dcx / peer" in result.output and "whole processes" in md.read_text()
     # the CPU budget: every part measured on the same files, and the ceiling they imply
     decoding, cpu = report["decoding"], report["cpu"]
     assert decoding["engine_decoder"]["images"] == 12 and 0 < decoding["codec_only"]["images"] <= 12
