@@ -34,7 +34,13 @@ def resize_antialiased(image: torch.Tensor, height: int, width: int) -> torch.Te
     return out.reshape(*image.shape[:-2], height, width)
 
 
-@functools.lru_cache(maxsize=64)
+#: Filter matrices kept for reuse: an archive's films come in a few detector sizes, and building
+#: one costs ~0.25 ms. Few, because each kept matrix pins the heap memory around it: with 64 and
+#: cxr-dev's 292 sizes, a 10,000-file run held ~130 MB more at its peak (``/tmp/s7/small.py``).
+CACHED_MATRICES = 4
+
+
+@functools.lru_cache(maxsize=CACHED_MATRICES)
 def filter_matrix(n_in: int, n_out: int) -> torch.Tensor:
     """The (n_out x n_in) sparse CSR matrix of torch's antialiased bilinear filter along one axis.
 

@@ -9,7 +9,8 @@ Three choices are fixed when it is built:
 * where the **resize** runs: in DALI (on the GPU), or, on the CPU by default, in the contract's
   own :func:`~dcx.core.preprocess.letterbox` after DALI has decoded
   (:meth:`LetterboxPipeline._letterbox_on_host`): exact by construction and cheaper there, as
-  DALI's CPU resize plus the edge correction below cost more than torch's resize;
+  DALI's CPU resize alone cost 3.4 ms per 1024 x 1024 film against the contract's 0.8
+  (:mod:`dcx.core.resize`), the edge correction below coming on top;
 * the **kind** of input, because DALI decodes a whole batch to one type:
 
   - ``gray8``: 8-bit single channel (most radiographs, 8-bit DICOM frames), decoded as uint8;
