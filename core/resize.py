@@ -36,7 +36,7 @@ def resize_antialiased(image: torch.Tensor, height: int, width: int) -> torch.Te
 
 #: Filter matrices kept for reuse: an archive's films come in a few detector sizes, and building
 #: one costs ~0.25 ms. Few, because each kept matrix pins the heap memory around it: with 64 and
-#: cxr-dev's 292 sizes, a 10,000-file run held ~130 MB more at its peak (``/tmp/s7/small.py``).
+#: cxr-dev's 292 sizes, a 10,000-file run held ~130 MB more at its peak (benchmarks/README.md).
 CACHED_MATRICES = 4
 
 
