@@ -145,9 +145,10 @@ def test_two_shards_merged_give_the_rows_of_the_unsharded_run(trained_checkpoint
     assert [r["path"] for r in merged] == [r["path"] for r in full]
     assert sum(r["status"] == "error" for r in merged) == 2
     for got, want in zip(merged, full):
-        scores = [c for c in want if c.startswith("p_")]
+        scores = [c for c in want if c.startswith("p_") or c == "ood_score"]
         assert {c: got[c] for c in want if c not in scores} == {c: want[c] for c in want if c not in scores}
         for c in scores:  # batches differ between the runs; CPU kernels may differ in the last bits
+            # (written to 6 decimals: one such bit can move the last decimal)
             assert (got[c] is None) == (want[c] is None)
             assert want[c] is None or abs(got[c] - want[c]) <= 2e-6, (got["path"], c)
 
