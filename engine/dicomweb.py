@@ -193,7 +193,8 @@ class DicomWebClient:
             except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
                     requests.exceptions.InvalidSchema) as exc:
                 raise DcxError(f"bad DICOMweb URL {_safe(url)!r}: {_short(exc)}") from None
-            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError,
+                    requests.exceptions.Timeout) as exc:  # ChunkedEncodingError: a body cut off midway
                 problem = _short(exc)
             else:
                 status = response.status_code

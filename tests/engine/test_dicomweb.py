@@ -384,8 +384,9 @@ def _iod_errors(path: Path) -> set[str]:
 
 
 class _HostilePacs(http.server.BaseHTTPRequestHandler):
-    """A DICOMweb server answering one study of three instances: 1.1 after two 503s, 1.2 as a
-    multipart body cut before its closing boundary, 1.3 as an HTML page."""
+    """A DICOMweb server answering one study of four instances: 1.1 after two 503s, 1.2 as a
+    multipart body cut before its closing boundary, 1.3 as an HTML page, 1.4 cut off midway once;
+    its series query is cut off midway once too."""
 
     dicom = b""
     hits: dict[str, int] = {}
@@ -397,7 +398,11 @@ class _HostilePacs(http.server.BaseHTTPRequestHandler):
         if path == base:
             return self._json([{"0020000D": {"vr": "UI", "Value": ["1.2.3"]}}])
         if path == f"{base}/1.2.3/series":
-            return self._json([{"0020000E": {"vr": "UI", "Value": ["1.2.3.4"]}, "00080060": {"vr": "CS", "Value": ["DX"]}}])
+            series = json.dumps([{"0020000E": {"vr": "UI", "Value": ["1.2.3.4"]},
+                                  "00080060": {"vr": "CS", "Value": ["DX"]}}]).encode()
+            if self.hits[path] == 1:  # the first answer is cut off mid-body (the PACS stopped): retried
+                return self._send(200, "application/dicom+json", series[: len(series) // 2], len(series))
+            return self._send(200, "application/dicom+json", series)
         if path == f"{base}/1.2.3/series/1.2.3.4/instances":
             return self._json([{"00080018": {"vr": "UI", "Value": [uid]}} for uid in ("1.1", "1.2", "1.3", "1.4")])
         sop = path.rsplit("/", 1)[1]
@@ -448,6 +453,7 @@ def test_retries_busy_answers_and_makes_malformed_ones_error_rows(model, tmp_pat
     assert rows["1.3"]["status"] == "error" and "not multipart" in rows["1.3"]["reason"]
     assert rows["1.4"]["status"] == "ok", rows["1.4"]["reason"]
     assert _HostilePacs.hits["/dicom-web/studies/1.2.3/series/1.2.3.4/instances/1.4"] == 2
+    assert _HostilePacs.hits["/dicom-web/studies/1.2.3/series"] == 2
 
 
 def test_study_date_filters():
