@@ -86,23 +86,25 @@ def bench_model_files(paths: list[str | os.PathLike], batch_sizes: list[int], *,
                       warmup: int = 2, repeat: int = 5) -> list[dict]:
     """Open every artefact as the engine would for each batch size (OpenVINO compiles for it) and
     benchmark them in turn; JSON-able records."""
-    records = []
+    records: list[dict] = []
     for batch in batch_sizes:
         with contextlib.ExitStack() as stack:
             backends = [stack.enter_context(open_backend(path, batch_size=batch)) for path in paths]
             results = bench_backends(backends, [batch], size=size, warmup=warmup, repeat=repeat)
-            if records:
-                for record, rows in zip(records, results):
-                    record["results"] += rows
-                continue
-            for path, backend, rows in zip(paths, backends, results):
-                cost = model_cost(backend.card.arch, backend.card.input_size, len(backend.card.classes))
-                records.append({"engine": os.fspath(path), "backend": backend.name,
-                                "precision": _precision_label(path, backend), "arch": backend.card.arch,
-                                "input_size": backend.card.input_size, "params": cost["params"],
-                                "gflops": cost["gflops"], "device": str(backend.device), "warmup": warmup,
-                                "repeat": repeat, "results": rows})
+            if not records:
+                records = [_record(path, backend, warmup, repeat) for path, backend in zip(paths, backends)]
+            for record, rows in zip(records, results):
+                record["results"] += rows
     return records
+
+
+def _record(path, backend, warmup: int, repeat: int) -> dict:
+    """What a benchmark record says of its artefact (its ``results`` filled per batch size)."""
+    cost = model_cost(backend.card.arch, backend.card.input_size, len(backend.card.classes))
+    return {"engine": os.fspath(path), "backend": backend.name, "precision": _precision_label(path, backend),
+            "arch": backend.card.arch, "input_size": backend.card.input_size, "params": cost["params"],
+            "gflops": cost["gflops"], "device": str(backend.device), "warmup": warmup, "repeat": repeat,
+            "results": []}
 
 
 def bench_model_file(path: str | os.PathLike, batch_sizes: list[int], *, size: int | None = None,

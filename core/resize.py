@@ -4,7 +4,7 @@ antialias=True)`` -- computed on the CPU as two sparse matrix products.
 Why: the CPU screening path resizes every decoded film on the host, and torch's kernel took
 ~1.8 ms of one core to shrink a 1024 x 1024 film to 224 px; the same filter written as an
 (h x H) and a (w x W) band matrix (one row per output pixel holding its few taps) takes ~0.8 ms
-(``dcx-bench throughput``'s decoding rows). The weights are computed as torch computes them, in
+(benchmarks/README.md, session 7). The weights are computed as torch computes them, in
 float32 (its rounded float centres move a weight by up to 1e-5; exact float64 weights put the
 result 1e-5 of unit gray off torch's), so the two agree to float rounding: held by
 ``tests/core/test_resize.py`` against ``F.interpolate``. On a GPU torch's own kernel runs.
@@ -62,8 +62,9 @@ def filter_matrix(n_in: int, n_out: int) -> torch.Tensor:
     inside = steps[None, :] < counts[:, None]
     distance = (((taps.astype(f32) - centres[:, None]).astype(np.float64) + 0.5) * float(inverse)).astype(f32)
     weights = np.where(np.abs(distance) < 1, f32(1) - np.abs(distance), f32(0)) * inside
-    totals = np.cumsum(weights, axis=1, dtype=f32)[:, -1:]  # in order, as torch sums them
-    weights = np.where(totals != 0, weights / np.where(totals != 0, totals, f32(1)), weights).astype(f32)
+    # summed in order, as torch sums them; never 0: the tap nearest a centre is within half a pixel
+    totals = np.cumsum(weights, axis=1, dtype=f32)[:, -1:]
+    weights = (weights / totals).astype(f32)
     crow = np.concatenate([[0], np.cumsum(counts)])
     with warnings.catch_warnings():  # "sparse CSR support is in beta": the products used here are not
         warnings.simplefilter("ignore", UserWarning)
