@@ -1,5 +1,9 @@
 """MobileNet v2 and VGG19 (Apostolopoulos & Mpesiana's best) through the whole path: trained,
-exported at every precision with the parity check, and screening a folder on each backend."""
+exported with the parity check, and screening a folder on each backend.
+
+MobileNet v2 goes through every precision. VGG19 skips the TensorRT-flavoured INT8 graph: the
+quantizer's code is the same for both targets (only its settings differ, and MobileNet v2 covers
+them), while each INT8 pass over VGG19's 120 M classifier weights costs ~17 s of CI time."""
 import json
 
 import numpy as np
@@ -11,6 +15,10 @@ from dcx.engine.results import read_rows
 from dcx.core.artefact import sidecar_path
 from dcx.export.cli import main as export
 from dcx.train.train_cli import main as train_cli
+
+
+EVERY_PRECISION = (("fp32", None), ("fp16", None), ("int8", "cpu"), ("int8", "tensorrt"))
+PRECISIONS = {"mobilenet_v2": EVERY_PRECISION, "vgg19": EVERY_PRECISION[:3]}
 
 
 @pytest.fixture(scope="module", params=["mobilenet_v2", "vgg19"])
@@ -27,12 +35,12 @@ def _screen(engine, archive, out):
     return {row["path"]: row for row in read_rows(out)}
 
 
-def test_exports_at_every_precision_pass_parity_and_screen_like_pytorch(seed_run, synth_archive, tmp_path):
+def test_exports_pass_parity_and_screen_like_pytorch(seed_run, synth_archive, tmp_path):
     arch, checkpoint = seed_run
     reference = _screen(checkpoint, synth_archive, tmp_path / "torch.csv")
     assert reference and all(row["status"] == "ok" for row in reference.values())
     tolerance = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.15}
-    for precision, target in (("fp32", None), ("fp16", None), ("int8", "cpu"), ("int8", "tensorrt")):
+    for precision, target in PRECISIONS[arch]:
         name = f"{precision}-{target}" if target else precision
         artefact = tmp_path / f"{arch}-{name}.onnx"
         args = [checkpoint, "--precision", precision, "--out", artefact]
