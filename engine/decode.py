@@ -78,6 +78,15 @@ DCT_MARGIN = 2
 DCT_MAX_ABS = 0.1
 DCT_MEAN_ABS = 0.002
 
+#: The most images one DALI run decodes on the CPU. DALI keeps each sample slot's buffer at the
+#: largest image decoded in it, so a pipeline as wide as a 16-image batch holds about 16 of the
+#: run's largest films (decoded, and as RGB where any was colour): on the 10,000-file archive of
+#: benchmarks/README.md (session 8), 8 per run held ~150-250 MB less at the same CPU cost. On a
+#: GPU decoded images live in device memory and nvJPEG gains from wide batches: there DALI runs
+#: the whole batch.
+CPU_DALI_BATCH = 8
+
+
 @dataclass
 class Outcome:
     """What became of one input file. ``meta``: ``width``/``height``, ``decoded_by`` (``dali`` or
@@ -145,6 +154,7 @@ class Decoder:
             raise DcxError("DALI is not installed: pip install nvidia-dali-cuda130")
         self.preprocess, self.device = preprocess, device
         self.batch_size, self.num_threads = batch_size, num_threads
+        self.dali_batch = batch_size if device == "gpu" else min(batch_size, CPU_DALI_BATCH)
         self.include_phi, self.series_rules = include_phi, series_rules
         self.dct_scaling = dct_scaling and device == "cpu"  # nvJPEG on a GPU gains nothing from it
         self.dali_resize = dali_resize
@@ -178,8 +188,8 @@ class Decoder:
         images: dict = {}  # input row -> (1, S, S): numpy on the CPU, a CUDA tensor on the GPU
         for kind in KINDS:
             todo = [i for i, item in enumerate(items) if item.kind == kind]
-            for start in range(0, len(todo), self.batch_size):
-                images.update(self._run_isolating(kind, todo[start:start + self.batch_size], items))
+            for start in range(0, len(todo), self.dali_batch):
+                images.update(self._run_isolating(kind, todo[start:start + self.dali_batch], items))
         with self._clock("preprocess"):
             for i, item in enumerate(items):
                 if item.unit_gray is not None and item.outcome.status == "ok":
@@ -230,7 +240,7 @@ class Decoder:
         if kind not in self._pipelines:
             self._pipelines[kind] = LetterboxPipeline(
                 kind, size=self.preprocess.size, pad_value=self.preprocess.pad_value, device=self.device,
-                batch_size=self.batch_size, num_threads=self.num_threads, clock=self._clock,
+                batch_size=self.dali_batch, num_threads=self.num_threads, clock=self._clock,
                 dali_resize=self.dali_resize)
         return self._pipelines[kind]
 

@@ -275,6 +275,21 @@ def test_one_pipeline_serves_many_batches(rasters):
         assert dec._pipelines["gray8"].builds == 1
 
 
+def test_a_cpu_batch_wider_than_dalis_runs_comes_back_whole_and_in_order(rasters):
+    """On the CPU a 20-file batch is decoded in DALI runs of at most CPU_DALI_BATCH (DALI keeps each
+    sample slot at the largest image decoded in it: fewer slots, less memory held); the batch
+    comes back whole, in input order, each image its own file's."""
+    from dcx.engine.decode import CPU_DALI_BATCH
+
+    paths = [rasters[name] for name in ("gray.png", "small.png", "tall.png", "exact.png", "rgb.png")] * 4
+    with Decoder(Preprocess(SIZE), batch_size=len(paths)) as dec:
+        batch = dec.decode(paths)
+        widths = {kind: pipeline.batch_size for kind, pipeline in dec._pipelines.items()}
+    assert CPU_DALI_BATCH < 16 and widths == {"gray8": CPU_DALI_BATCH, "rgb8": CPU_DALI_BATCH}
+    assert batch.rows_of_images == list(range(len(paths)))
+    assert_parity(batch, paths)
+
+
 def test_empty_input(decoder):
     batch = decoder.decode([])
     assert batch.images.shape == (0, 1, SIZE, SIZE) and batch.outcomes == [] and batch.rows_of_images == []

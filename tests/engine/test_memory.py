@@ -1,0 +1,56 @@
+"""dcx-infer's cap on glibc malloc arenas, observed in glibc's own report (malloc_info)."""
+import ctypes
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dcx.engine.memory import SCREENING_ARENAS
+
+CHILD = r"""
+import ctypes, re, sys, tempfile, threading
+import numpy as np
+from dcx.engine.memory import limit_malloc_arenas
+
+print(limit_malloc_arenas() if sys.argv[1] == "limit" else None)
+together = threading.Barrier(6)
+
+def allocate():
+    kept = [np.ones(8000) for _ in range(20)]  # 64 KB each: from the thread's arena, not mmap
+    together.wait()  # all alive at once: an exiting thread's arena would be handed to the next
+
+threads = [threading.Thread(target=allocate) for _ in range(6)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+with tempfile.NamedTemporaryFile(suffix=".xml") as report:
+    stream = libc.fopen(report.name.encode(), b"w")
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)
+    print(len(re.findall('<heap nr=', open(report.name).read())))
+"""
+
+pytestmark = pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "malloc_info"), reason="needs glibc (malloc_info)")
+
+
+def arenas_after_six_threads(mode: str, **env) -> tuple[str, int]:
+    environment = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | env
+    out = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, check=True,
+                         env=environment).stdout.split()
+    return out[0], int(out[1])
+
+
+def test_six_threads_share_the_capped_arenas():
+    assert arenas_after_six_threads("free") == ("None", 7)  # glibc's default: one per thread, and main's
+    assert arenas_after_six_threads("limit") == ("True", SCREENING_ARENAS)
+
+
+def test_the_users_malloc_arena_max_wins():
+    assert arenas_after_six_threads("limit", MALLOC_ARENA_MAX="3") == ("False", 3)
