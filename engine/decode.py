@@ -80,8 +80,8 @@ DCT_MEAN_ABS = 0.002
 
 #: The most images one DALI run decodes on the CPU. DALI keeps each sample slot's buffer at the
 #: largest image decoded in it, so a pipeline as wide as a 16-image batch holds about 16 of the
-#: run's largest films (decoded, and as RGB where any was colour): on the 10,000-file archive of
-#: benchmarks/README.md (session 8), 8 per run held ~150-250 MB less at the same CPU cost. On a
+#: run's largest films (decoded, and as RGB where any was colour): over 2,000 files of the archive of
+#: benchmarks/README.md (session 8), runs of 8 held 114-137 MiB less at the same CPU cost. On a
 #: GPU decoded images live in device memory and nvJPEG gains from wide batches: there DALI runs
 #: the whole batch.
 CPU_DALI_BATCH = 8
