@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from dcx.engine.memory import SCREENING_ARENAS
+from dcx.engine.memory import screening_arenas
 
 CHILD = r"""
 import ctypes, re, sys, tempfile, threading
@@ -14,13 +14,14 @@ import numpy as np
 from dcx.engine.memory import limit_malloc_arenas
 
 print(limit_malloc_arenas() if sys.argv[1] == "limit" else None)
-together = threading.Barrier(6)
+count = int(sys.argv[2])
+together = threading.Barrier(count)
 
 def allocate():
     kept = [np.ones(8000) for _ in range(20)]  # 64 KB each: from the thread's arena, not mmap
     together.wait()  # all alive at once: an exiting thread's arena would be handed to the next
 
-threads = [threading.Thread(target=allocate) for _ in range(6)]
+threads = [threading.Thread(target=allocate) for _ in range(count)]
 for t in threads:
     t.start()
 for t in threads:
@@ -40,17 +41,20 @@ with tempfile.NamedTemporaryFile(suffix=".xml") as report:
 pytestmark = pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "malloc_info"), reason="needs glibc (malloc_info)")
 
 
-def arenas_after_six_threads(mode: str, **env) -> tuple[str, int]:
+THREADS = screening_arenas() + 4  # more threads than the cap, fewer than glibc's 8 per core
+
+
+def arenas_after_threads(mode: str, **env) -> tuple[str, int]:
     environment = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | env
-    out = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, check=True,
-                         env=environment).stdout.split()
+    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(THREADS)], capture_output=True, text=True,
+                         check=True, env=environment).stdout.split()
     return out[0], int(out[1])
 
 
-def test_six_threads_share_the_capped_arenas():
-    assert arenas_after_six_threads("free") == ("None", 7)  # glibc's default: one per thread, and main's
-    assert arenas_after_six_threads("limit") == ("True", SCREENING_ARENAS)
+def test_threads_share_one_arena_per_core():
+    assert arenas_after_threads("free") == ("None", THREADS + 1)  # glibc's default: one per thread, and main's
+    assert arenas_after_threads("limit") == ("True", screening_arenas())
 
 
 def test_the_users_malloc_arena_max_wins():
-    assert arenas_after_six_threads("limit", MALLOC_ARENA_MAX="3") == ("False", 3)
+    assert arenas_after_threads("limit", MALLOC_ARENA_MAX="3") == ("False", 3)
