@@ -3,7 +3,7 @@ exported with the parity check, and screening a folder on each backend.
 
 MobileNet v2 goes through every precision. VGG19 skips the TensorRT-flavoured INT8 graph: the
 quantizer's code is the same for both targets (only its settings differ, and MobileNet v2 covers
-them), while each INT8 pass over VGG19's 120 M classifier weights costs ~17 s of CI time."""
+them), while that pass over VGG19's 120 M classifier weights cost ~35 s of CI time."""
 import json
 
 import numpy as np
