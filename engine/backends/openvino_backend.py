@@ -17,12 +17,16 @@ one is padded with zeros (rows are independent): OpenVINO runs INT8 graphs faste
 static shape (densenet121 INT8 67.8 against 81.3 CPU-ms per image, resnet18 26.3 against 27.8,
 FP32 the same; benchmarks/README.md, session 6).
 Compiled models are cached under ``$DCX_CACHE_DIR/openvino`` (OpenVINO keys them by model and
-settings and recompiles on any change), so a nightly run does not compile the same model again.
+settings and recompiles on any change), so a nightly run does not compile the same model again;
+each new model or batch adds a 20-50 MB blob, so the folder is kept to :data:`CACHE_BYTES`, the
+least recently used blobs deleted first.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,6 +38,8 @@ from dcx.core.files import cache_dir, usable_cores
 from .base import Backend
 
 INSTALL_HINT = "pip install 'dcx[openvino]'"
+#: Most bytes of compiled models kept in the cache (about 20-50 models' worth).
+CACHE_BYTES = 1 << 30
 
 
 def import_openvino():
@@ -51,6 +57,28 @@ def import_openvino():
     import openvino
 
     return openvino
+
+
+def prune_cache(folder: Path, budget: int) -> list[Path]:
+    """Delete the least recently used compiled models (``*.blob``) in ``folder`` until the rest fit
+    in ``budget`` bytes; return the deleted paths. Recency is the later of a blob's access and
+    modification times: OpenVINO reads a blob it reuses, and Linux's default ``relatime`` records
+    that at least daily, so a nightly model stays; without access times the oldest written goes
+    first, and a model that loses its blob is compiled again on its next load."""
+    blobs = []
+    for path in folder.glob("*.blob"):
+        with contextlib.suppress(FileNotFoundError):  # another run pruning at the same time
+            stat = path.stat()
+            blobs.append((max(stat.st_atime, stat.st_mtime), stat.st_size, path))
+    total = sum(size for _, size, _ in blobs)
+    deleted = []
+    for _, size, path in sorted(blobs):
+        if total <= budget:
+            break
+        path.unlink(missing_ok=True)
+        total -= size
+        deleted.append(path)
+    return deleted
 
 
 class OpenVinoBackend(Backend):
@@ -72,7 +100,8 @@ class OpenVinoBackend(Backend):
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": threads or usable_cores(),
                   "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False}
         core = ov.Core()
-        core.set_property({"CACHE_DIR": os.fspath(cache_dir() / "openvino")})
+        cache = cache_dir() / "openvino"
+        core.set_property({"CACHE_DIR": os.fspath(cache)})
         size = self.card.input_size
         try:
             model = os.fspath(path)
@@ -96,6 +125,8 @@ class OpenVinoBackend(Backend):
         self._outputs = list(OUTPUT_NAMES) + ([OOD_OUTPUT] if OOD_OUTPUT in outputs else [])
         self._request = self.compiled.create_infer_request()
         self.max_batch = batch_size
+        with contextlib.suppress(OSError):  # a read-only or vanished cache costs compile time, not the run
+            prune_cache(cache, CACHE_BYTES)
 
     def _infer(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         x = images.to("cpu", torch.float32).contiguous().numpy()

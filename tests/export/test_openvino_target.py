@@ -3,6 +3,7 @@ and the engine serves it with OpenVINO, never with another runtime."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -53,6 +54,26 @@ def test_int8_for_openvino_is_verified_and_served_by_openvino(openvino_int8, tra
     assert np.allclose(probs.sum(1), 1, atol=1e-4) and (ood is None) == (ref_ood is None)
     # compiled once, then loaded from $DCX_CACHE_DIR/openvino (conftest points it at a test folder)
     assert list((cache_dir() / "openvino").glob("*.blob"))
+
+
+def test_loading_keeps_the_compiled_model_cache_to_its_budget(openvino_int8, monkeypatch):
+    """A stale blob that takes the cache over its budget goes when a model loads; the blobs in
+    budget, and the one just compiled, stay."""
+    import dcx.engine.backends.openvino_backend as openvino_backend
+
+    out, _ = openvino_int8
+    folder = cache_dir() / "openvino"
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = {path: path.stat().st_size for path in folder.glob("*.blob")}
+    stale = folder / "stale.blob"
+    with open(stale, "wb") as f:
+        f.truncate(200 << 20)  # sparse: a large size on no disk
+    os.utime(stale, (1e9, 1e9))  # written and last read in 2001
+    monkeypatch.setattr(openvino_backend, "CACHE_BYTES", sum(kept.values()) + (100 << 20))
+    with open_backend(out, batch_size=3):  # a batch no other test compiles: a new blob
+        pass
+    blobs = set(folder.glob("*.blob"))
+    assert not stale.exists() and set(kept) < blobs
 
 
 def test_serving_openvino_sends_no_telemetry(openvino_int8, tmp_path):
