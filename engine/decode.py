@@ -153,7 +153,7 @@ class Decoder:
         if not module_available("nvidia.dali"):  # fail here, with advice, not mid-run
             raise DcxError("DALI is not installed: pip install nvidia-dali-cuda130")
         self.preprocess, self.device = preprocess, device
-        self.batch_size, self.num_threads = batch_size, num_threads
+        self.num_threads = num_threads
         self.dali_batch = batch_size if device == "gpu" else min(batch_size, CPU_DALI_BATCH)
         self.include_phi, self.series_rules = include_phi, series_rules
         self.dct_scaling = dct_scaling and device == "cpu"  # nvJPEG on a GPU gains nothing from it

@@ -23,11 +23,11 @@ def screening_arenas() -> int:
     return max(2, usable_cores())
 
 
-def limit_malloc_arenas(arenas: int | None = None) -> bool:
-    """Cap the arenas that threads started from now on may create (default
-    :func:`screening_arenas`); False where the C library is not glibc (no ``mallopt``) or the
-    user set ``MALLOC_ARENA_MAX``, which then rules. Call before starting threads."""
+def limit_malloc_arenas() -> bool:
+    """Cap the arenas that threads started from now on may create at :func:`screening_arenas`;
+    False where the C library is not glibc (no ``mallopt``) or the user set
+    ``MALLOC_ARENA_MAX``, which then rules. Call before starting threads."""
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    return mallopt is not None and mallopt(_M_ARENA_MAX, arenas or screening_arenas()) == 1
+    return mallopt is not None and mallopt(_M_ARENA_MAX, screening_arenas()) == 1
