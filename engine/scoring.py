@@ -118,6 +118,9 @@ class Stats:
         #: p_positive histograms (dcx.core.drift): of every row, and of the rows scored this run
         self.scores_all, self.scores_new = [0] * BINS, [0] * BINS
         self.flagged_new = self.ood_new = 0
+        #: (seconds since the start, images scored) when the first scores were counted: what a
+        #: run costs before its first result (imports, model load, pipeline builds, first batch)
+        self.first_scores: tuple[float, int] | None = None
         self.started = time.time()
         self._t0 = time.perf_counter()
         self._cpu0 = time.process_time()
@@ -296,6 +299,8 @@ def count_rows(rows: list[dict], chunk: Chunk, stats: Stats) -> None:
     stats.decoded += len(chunk.todo)
     stats.inferred += sum(rows[i]["status"] == "ok" for i in chunk.todo)
     stats.reused += len(chunk.reused)
+    if stats.first_scores is None and stats.inferred:
+        stats.first_scores = (stats.elapsed, stats.inferred)
     for i in chunk.todo:
         add_score(stats.scores_new, rows[i]["p_positive"])
         stats.flagged_new += bool(rows[i]["flagged"])
@@ -311,6 +316,17 @@ def count_rows(rows: list[dict], chunk: Chunk, stats: Stats) -> None:
             stats.reasons[row["reason"]] += 1
         if row.get("sr_status"):
             stats.reports[row["sr_status"].split(":")[0]] += 1
+
+
+def _after_first_scores(stats: Stats, wall: float) -> dict:
+    """When the first scores came, and the rate of the images scored after them: the run's
+    steady pace, apart from what starting it cost (None when nothing was scored after them)."""
+    if stats.first_scores is None:
+        return {"first_scores_s": None, "images_per_s_after_first": None}
+    at, scored = stats.first_scores
+    later, seconds = stats.inferred - scored, wall - at
+    return {"first_scores_s": round(at, 3),
+            "images_per_s_after_first": round(later / seconds, 2) if later and seconds > 0 else None}
 
 
 def run_summary(options: ScreenOptions, backend, card, stats: Stats, completed: bool) -> dict:
@@ -346,6 +362,7 @@ def run_summary(options: ScreenOptions, backend, card, stats: Stats, completed: 
         "out_of_distribution_this_run": stats.ood_new,
         "reused_from_state": stats.reused,
         "images_per_s": round(stats.inferred / busy, 2) if busy > 0 else None,
+        **_after_first_scores(stats, wall),
         "files_per_s": round(stats.files / wall, 2) if wall > 0 else None,
         "wall_s": round(wall, 3),
         "setup_s": round(stats.setup_s, 3),

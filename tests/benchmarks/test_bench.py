@@ -96,6 +96,11 @@ def test_throughput_smoke(fp32_onnx, synth_archive, tmp_path):
     assert cpu["ceiling_images_per_s"] == cpu_ceiling(cpu["cores"], cpu["decoder_ms_per_image"],
                                                       cpu["model_ms_per_image"])
     assert "CPU budget" in result.output and "DALI's codec alone" in result.output
+    # 12 files at batch 8: a first chunk of 8, then 4 more at the run's pace after it
+    first, after = report["dcx"]["first_scores_s"]["median"], report["dcx"]["images_per_s_after_first"]["median"]
+    assert 0 < first < report["dcx"]["wall_s"]["median"] and after > 0
+    assert cpu["after_first_over_ceiling"] == after / cpu["ceiling_images_per_s"]
+    assert "first scores came after" in result.output
     # the first 12 files are all of one class: no parity gate, and the report says why
     assert "needs images of the positive class" in report["parity"]["skipped"]
     assert "parity gate: not run" in result.output

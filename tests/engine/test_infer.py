@@ -108,6 +108,7 @@ def test_one_row_per_file_broken_ones_with_reasons(trained_checkpoint, archive, 
     assert summary["completed"] and summary["decoded_this_run"] == len(rows)
     assert set(summary["stage_s"]) == {"discover", "state", "read", "decode", "preprocess", "infer", "write"}
     assert summary["stage_s"]["decode"] > 0 and summary["setup_s"] > 0
+    assert 0 < summary["first_scores_s"] < summary["wall_s"] and summary["images_per_s_after_first"] > 0
     assert 0 < summary["cpu_s"] <= summary["wall_s"] * os.cpu_count() + 0.5  # process CPU, this run only
     assert by_path(rows)[str(archive / "dicomless/renamed")]["format"] == "png"  # by content
 
@@ -118,6 +119,7 @@ def test_rerun_reuses_rows_and_rescores_only_changed_files(trained_checkpoint, a
     first, _ = run_infer(trained_checkpoint, work, tmp_path / "r.csv")
     again, summary = run_infer(trained_checkpoint, work, tmp_path / "r.csv")
     assert again == first and summary["decoded_this_run"] == 0 and summary["reused_from_state"] == len(first)
+    assert summary["first_scores_s"] is None and summary["images_per_s_after_first"] is None  # nothing scored
 
     changed = sorted(work.rglob("*.png"))[3]
     os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
