@@ -47,7 +47,7 @@ setup(
         "highdicom>=0.28",  # DICOM Structured Reports (engine/sr.py)
     ],
     extras_require={
-        "test": ["pytest>=8", "pyarrow>=14", "ray[data]==2.60.0", "openvino==2026.4.0"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "pyarrow>=14", "ray[data]==2.60.0", "openvino==2026.4.0"],
         # The cheapest CPU runtime measured here (benchmarks/README.md, "OpenVINO on the CPU"):
         # artefacts exported with dcx-export --target openvino run on it.
         "openvino": ["openvino==2026.4.0"],
