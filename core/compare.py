@@ -8,6 +8,8 @@ per image, NaN where that side could not score the image, each with its own thre
 - :func:`delta_p`: max and mean |delta p| over the images both sides scored;
 - :func:`agreement`: the share of images flagged alike (an image only one side scored counts
   as a disagreement), plus :func:`delta_p`;
+- :func:`margins`: how near the threshold the changed decisions lay, and how many images lie
+  as near as the largest score change (why a small validation set's gate fails, not a gate);
 - :func:`screening`: sensitivity, specificity, accuracy, AUC of one side at its threshold;
 - :func:`deltas`: candidate minus reference for those metrics (None where not measurable);
 - :func:`gates`: the limits a comparison must meet, each with its value and verdict.
@@ -43,6 +45,20 @@ def agreement(reference: np.ndarray, reference_threshold: float, candidate: np.n
     n = int(either.sum())
     return {"files": n, "flag_agreement": float(same[either].mean()) if n else math.nan,
             "disagreements": int(n - same[either].sum()), **delta_p(reference, candidate)}
+
+
+def margins(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> dict:
+    """Distance of the reference's score from ``threshold`` for each decision the candidate
+    changed, and the images whose reference score lies no farther from it than the largest
+    |delta p|: the decisions any change of that size could flip. A threshold fitted on the same
+    images sits next to one of them by construction."""
+    reference, candidate = np.asarray(reference, dtype=float), np.asarray(candidate, dtype=float)
+    both = ~np.isnan(reference) & ~np.isnan(candidate)
+    gap = np.abs(reference[both] - threshold)
+    changed = (reference[both] >= threshold) != (candidate[both] >= threshold)
+    largest = float(np.abs(reference[both] - candidate[both]).max()) if both.any() else 0.0
+    return {"changed": sorted(float(g) for g in gap[changed]), "within_largest_delta": int((gap <= largest).sum()),
+            "files": int(both.sum())}
 
 
 def screening(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:

@@ -103,6 +103,7 @@ def accuracy(reference: Runner, candidate: Runner, card: ModelCard,
     report = {"n": int(len(y)), "positives": int(y.sum()), "threshold": t, **sides,
               "deltas": compare.deltas(sides["reference"], sides["candidate"]),
               "agreement": compare.agreement(ref[:, k], t, got[:, k], t),
+              "margins": compare.margins(ref[:, k], got[:, k], t),
               "argmax_agreement": float(np.mean(ref.argmax(1) == got.argmax(1)))}
     if ref_ood and card.ood_threshold is not None:
         r, g, ood_t = np.concatenate(ref_ood), np.concatenate(got_ood), card.ood_threshold
@@ -114,7 +115,8 @@ def accuracy(reference: Runner, candidate: Runner, card: ModelCard,
 def accuracy_problems(report: dict) -> list[str]:
     """Human phrases for every gate of :mod:`dcx.core.compare` the candidate fails (empty when fine):
     a measurable sensitivity/specificity delta beyond :data:`ACCURACY_TOLERANCE`, decision
-    agreement under :data:`MIN_DECISION_AGREEMENT`."""
+    agreement under :data:`MIN_DECISION_AGREEMENT`; where those fail, one more phrase says how
+    near the threshold the changed decisions had scored (:func:`dcx.core.compare.margins`)."""
     measurable = tuple(key for key in GATED if report["deltas"][key] is not None)
     failed = {g["name"] for g in compare.gates(report["deltas"], report["agreement"], tolerance=ACCURACY_TOLERANCE,
                                                min_agreement=MIN_DECISION_AGREEMENT, metrics_gated=measurable)
@@ -126,11 +128,22 @@ def accuracy_problems(report: dict) -> list[str]:
         agree = report["agreement"]
         problems.append(f"decisions agree on {agree['flag_agreement']:.1%} of {agree['files']} images "
                         f"(at least {MIN_DECISION_AGREEMENT:.0%} needed)")
+    if problems and report["margins"]["changed"]:
+        problems.append(_margin_phrase(report["margins"], report["agreement"]["max_abs_delta_p"]))
     ood = report.get("ood_agreement")
     if ood is not None and not ood["mean_rel_delta"] <= MAX_OOD_REL_DELTA:
         problems.append(f"out-of-distribution scores moved {ood['mean_rel_delta']:.0%} on average (at most "
                         f"{MAX_OOD_REL_DELTA:.0%}; {ood['flag_agreement']:.1%} of {ood['files']} OOD flags agree)")
     return problems
+
+
+def _margin_phrase(margins: dict, largest: float) -> str:
+    """Why decisions moved: with few images, the one the threshold was placed beside moves first."""
+    changed = margins["changed"]
+    which = "the changed decision had" if len(changed) == 1 else f"the {len(changed)} changed decisions had"
+    return (f"{which} scored {'' if len(changed) == 1 else 'at most '}{max(changed):.4f} from the threshold, and "
+            f"{margins['within_largest_delta']} of {margins['files']} images score within the largest change "
+            f"({largest:.4f}) of it")
 
 
 def describe(report: dict) -> str:

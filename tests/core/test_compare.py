@@ -22,6 +22,15 @@ def test_each_side_flags_at_its_own_threshold():
     assert compare.agreement(p, 0.4, p, 0.5)["disagreements"] == 1
 
 
+def test_margins_say_how_near_the_threshold_the_changed_decisions_scored():
+    reference = np.array([0.5004, 0.505, 0.30, 0.90, np.nan])
+    candidate = np.array([0.4990, 0.515, 0.29, 0.90, 0.70])  # only the first decision changes
+    margins = compare.margins(reference, candidate, 0.5)
+    assert margins["changed"] == [pytest.approx(0.0004)] and margins["files"] == 4
+    assert margins["within_largest_delta"] == 2  # 0.5004 and 0.505 lie within the largest change, 0.01
+    assert compare.margins(reference, reference, 0.5)["changed"] == []
+
+
 def test_deltas_and_gates():
     y = np.array([1, 1, 0, 0])
     reference = compare.screening(y, np.array([0.9, 0.8, 0.2, 0.1]), 0.5)

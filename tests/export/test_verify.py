@@ -51,3 +51,25 @@ def test_unchanged_ood_scores_pass_and_models_without_them_are_not_judged_on_the
     assert report["ood_agreement"]["flag_agreement"] == 1.0 and verify.accuracy_problems(report) == []
     without = ModelCard(**{**CARD.to_dict(), "ood": {}})
     assert "ood_agreement" not in verify.accuracy(_runner(1.0), _runner(1.5), without, _batches())
+
+
+SCORES = np.array([0.05, 0.1, 0.2, 0.3, 0.45, 0.5004, 0.6, 0.7, 0.8, 0.9], dtype=np.float32)  # last 5: covid
+
+
+def _shifted_runner(shift: float):
+    def run(images):
+        p = SCORES[:len(images)] + np.float32(shift)
+        return np.stack([p, 1 - p], 1), np.zeros((len(images), 2, 2), np.float32), None
+    return run
+
+
+def test_a_refusal_says_how_near_the_threshold_the_changed_decisions_had_scored():
+    """With few images the one the threshold was fitted beside flips first: the refusal says so."""
+    batch = [(torch.zeros((len(SCORES), 1, 8, 8)), [Sample(f"{i}.png", "covid" if i >= 5 else "normal")
+                                                    for i in range(len(SCORES))])]
+    card = ModelCard(**{**CARD.to_dict(), "ood": {}})
+    problems = verify.accuracy_problems(verify.accuracy(_shifted_runner(0.0), _shifted_runner(-0.002), card, batch))
+    assert len(problems) == 3 and problems[0].startswith("sensitivity 0.8000 vs 1.0000")
+    assert problems[-1] == ("the changed decision had scored 0.0004 from the threshold, and 1 of 10 images score "
+                            "within the largest change (0.0020) of it")
+    assert verify.accuracy_problems(verify.accuracy(_shifted_runner(0.0), _shifted_runner(0.0), card, batch)) == []
