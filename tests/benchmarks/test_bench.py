@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -218,3 +220,14 @@ def test_archs_reports_cost_and_speed_of_each_exported_graph(tmp_path):
     assert "| mobilenet_v2 |" in result.output
     refused = invoke(main, ["archs", "--archs", "vgg16"], expect_exit=1)
     assert refused.output.startswith("Error: unknown architecture vgg16")
+
+
+def test_cpu_screening_script_parses_and_refuses_a_missing_data_folder(tmp_path):
+    """benchmarks/cpu_screening.sh makes the README's CPU tables; it must at least parse and stop
+    with the reason, before training anything, when its data is not there."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "cpu_screening.sh"
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+    run = subprocess.run(["bash", script, tmp_path / "out"], capture_output=True, text=True,
+                         env={**os.environ, "DATA": str(tmp_path / "missing")})
+    assert run.returncode == 1 and f"no data at {tmp_path / 'missing'}" in run.stdout
+    assert not (tmp_path / "out").exists()
