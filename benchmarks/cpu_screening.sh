@@ -2,7 +2,8 @@
 # CPU screening at 224 px, end to end and rerunnable: train resnet18 and densenet121 on the real
 # images, export each to the INT8 graph for OpenVINO (calibrated on the training split; where
 # dcx-export refuses it for failing the accuracy gates, FP32 for OpenVINO instead), then one
-# `dcx-bench throughput` invocation per model: dcx-infer against the peer, model-only, decoding-only and the CPU budget, with the parity gate.
+# `dcx-bench throughput` invocation per model: dcx-infer against the peer, model-only,
+# decoding-only and the CPU budget, with the parity gate.
 # This is how benchmarks/README.md's CPU tables are made (issue 14's targets).
 #
 #   bash benchmarks/cpu_screening.sh [OUT]          # OUT default /tmp/dcx-cpu-screening

@@ -56,7 +56,7 @@ def margins(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> d
     both = ~np.isnan(reference) & ~np.isnan(candidate)
     gap = np.abs(reference[both] - threshold)
     changed = (reference[both] >= threshold) != (candidate[both] >= threshold)
-    largest = float(np.abs(reference[both] - candidate[both]).max()) if both.any() else 0.0
+    largest = delta_p(reference, candidate)["max_abs_delta_p"]  # NaN when nothing to compare: none within
     return {"changed": sorted(float(g) for g in gap[changed]), "within_largest_delta": int((gap <= largest).sum()),
             "files": int(both.sum())}
 
