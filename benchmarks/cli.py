@@ -71,7 +71,7 @@ def main():
 @click.option("--data", required=True, type=click.Path(exists=True, path_type=Path),
               help="Folder of images (searched recursively, as dcx-infer does).")
 @click.option("--repeat", default=3, show_default=True, type=click.IntRange(1, 100),
-              help="Measured repetitions (each: one dcx-infer run, then one peer run).")
+              help="Measured repetitions (each: one dcx-infer run, model-only and decoding-only, one peer run).")
 @click.option("--warmup/--no-warmup", default=True, show_default=True,
               help="Run one discarded dcx + peer pair first (page cache, lazy initialisation).")
 @click.option("--batch-size", type=click.IntRange(1, 4096), help="dcx-infer --batch-size (default: its own).")
@@ -98,9 +98,11 @@ def throughput(engine, data, repeat, warmup, batch_size, limit, peer, parity, re
     dcx-infer runs exactly as users run it (a child process, state database on, fresh output per
     repetition); its run summary gives images/s and busy seconds per stage, the kernel its peak
     memory. The peer is PIL + torchvision transforms + DataLoader + PyTorch eager FP32 at batch 20.
-    Then model-only and decoding-only runs (the engine's decoder, and DALI's codec alone) on the
+    Right after each dcx-infer run, model-only and decoding-only runs (the engine's decoder) on the
     same files give the CPU milliseconds each image costs; on a CPU the report turns them into the
-    ceiling cores x 1000 / (decode + model) that no overlap of the two can beat. With labelled
+    ceiling cores x 1000 / (decode + model) that no overlap of the two can beat, and sets each run
+    against its own repetition's ceiling (a shared machine's speed drifts). DALI's codec alone and
+    the decoder's variants are measured once, at the end. With labelled
     data, the same run's scores pass or fail the parity gate against the PyTorch reference.
     The Markdown table goes to stdout; progress to stderr.
 

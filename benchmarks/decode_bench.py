@@ -4,7 +4,7 @@ Model-only throughput is the ceiling inference sets; this module measures what d
 costs on the same files, so a report can say where end-to-end time goes and what is
 reachable at all. On a CPU, decoding and inference share the same cores, so the images/s
 of the whole path cannot exceed ``cores / (decode + inference CPU seconds per image)``
-(:func:`cpu_ceiling`), however well the two overlap. Two decoding figures:
+(:func:`cpu_ceiling`), however well the two overlap. The decoding figures:
 
 - **engine decoder**: :class:`dcx.engine.decode.Decoder` exactly as ``dcx-infer`` builds it
   (batch size, threads, device): read, sniff, headers, DALI decode, letterbox;
@@ -25,18 +25,29 @@ from dcx.engine.backends import read_engine_card
 from dcx.engine.decode import Decoder, raster_kind
 
 
-def bench_decoding(files: list[str], engine: str | os.PathLike, *, batch_size: int, threads: int,
-                   device: str = "cpu") -> dict:
-    """Images/s and CPU milliseconds per image of the engine's decoder and of the bare codec."""
-    if not files:
-        raise DcxError("no files to decode")
-    preprocess = read_engine_card(engine).preprocess()
-    engine_decoder, by_dali = _bench_engine_decoder(files, preprocess, batch_size, threads, device)
-    record = {"engine_decoder": engine_decoder, "codec_only": _bench_codec(by_dali, batch_size, threads, device)}
+def bench_engine_decoder(files: list[str], engine: str | os.PathLike, *, batch_size: int, threads: int,
+                         device: str = "cpu") -> tuple[dict, list[str]]:
+    """Images/s and CPU milliseconds per image of the engine's decoder over ``files``, and the
+    raster files it decoded with DALI (:func:`bench_alternatives` times the codec on them)."""
+    return _bench_engine_decoder(files, _preprocess(files, engine), batch_size, threads, device)
+
+
+def bench_alternatives(files: list[str], rasters: list[str], engine: str | os.PathLike, *, batch_size: int,
+                       threads: int, device: str = "cpu") -> dict:
+    """The same for DALI's bare codec on ``rasters`` and, on a CPU, for the decoder's DCT-scaled
+    and DALI-resize variants over ``files``."""
+    record = {"codec_only": _bench_codec(rasters, batch_size, threads, device)}
     if device == "cpu":
         for name, option in (("dct_scaled", "dct_scaling"), ("dali_resize", "dali_resize")):
-            record[name], _ = _bench_engine_decoder(files, preprocess, batch_size, threads, device, **{option: True})
+            record[name], _ = _bench_engine_decoder(files, _preprocess(files, engine), batch_size, threads, device,
+                                                    **{option: True})
     return record
+
+
+def _preprocess(files: list[str], engine: str | os.PathLike):
+    if not files:
+        raise DcxError("no files to decode")
+    return read_engine_card(engine).preprocess()
 
 
 def cpu_ceiling(cores: int, *cpu_ms_per_image: float) -> float:

@@ -12,7 +12,11 @@ One invocation measures, on the same files and the same weights:
 - **decoding only**: the engine's decoder, and DALI's bare codec, on the same files
   (:mod:`.decode_bench`). With the process CPU time per image of each part, a CPU run gets
   its budget: ``cores / (decoder + model CPU ms per image)`` is the most any overlap of the
-  two can reach, and the same with the bare codec is the most any decoder could;
+  two can reach, and the same with the bare codec is the most any decoder could. Model-only
+  and the engine's decoder are measured again right after each measured dcx-infer run, and
+  each run is set against the ceiling of its own repetition: on a shared VM a core's speed
+  moves between minutes (model-only resnet18 INT8 cost 9.5 CPU-ms per image in one invocation,
+  17.4 in the next), so a ceiling measured once, minutes away, misjudges the runs;
 - **parity** (labelled data: class folders or a manifest): the first measured dcx-infer run's
   scores against the PyTorch reference through :func:`.parity.gate_run`, so a speed figure
   and the accuracy it was bought with come from the same run.
@@ -39,7 +43,7 @@ from dcx.engine.discover import discover
 from dcx.train.data import read_samples
 
 from . import report as rep
-from .decode_bench import bench_decoding, cpu_ceiling
+from .decode_bench import bench_alternatives, bench_engine_decoder, cpu_ceiling
 from .engine_runs import cli_command, read_results, resolve_reference, run_infer
 from .measure import run_child, summarise
 from .model_bench import bench_model_file
@@ -61,7 +65,7 @@ def measure_throughput(engine: Path, data: Path, workdir: Path, *, repeat: int =
     load_before = rep.machine()
     source = _source(data, workdir, limit)
 
-    dcx_runs, peer_runs, scored = [], [], None
+    dcx_runs, peer_runs, budgets, scored = [], [], [], None
     peer_list = workdir / "peer-files.txt"
     for index in range(-1 if warmup else 0, repeat):
         label = "warm-up" if index < 0 else f"repetition {index + 1}/{repeat}"
@@ -71,6 +75,7 @@ def measure_throughput(engine: Path, data: Path, workdir: Path, *, repeat: int =
             scored = _scored_files(run.out, peer_list)
         if index >= 0:
             dcx_runs.append(run)
+            budgets.append(_budget_pass(engine, scored[:DECODING_ONLY_FILES], run.summary, model_repeat, log))
         if peer:
             result = _run_peer(ref[0], peer_list, workdir / f"peer-{index + 1}.json", peer_workers)
             log(f"{label}: peer {result['images_per_s']:.1f} img/s")
@@ -78,12 +83,11 @@ def measure_throughput(engine: Path, data: Path, workdir: Path, *, repeat: int =
                 peer_runs.append(result)
 
     first = dcx_runs[0].summary
-    log(f"model-only: {first['backend']} {first['precision']} at batch {first['batch_size']}")
-    model_only = bench_model_file(engine, [first["batch_size"]], repeat=model_repeat)
-    log("decoding only: the engine's decoder, then DALI's codec alone")
-    decoder_device = "gpu" if first["device"].startswith("cuda") else "cpu"
-    decoding = bench_decoding(scored[:DECODING_ONLY_FILES], engine, batch_size=first["batch_size"],
-                              threads=first["decode_threads"], device=decoder_device)
+    log("decoding only: DALI's codec alone, the decoder's variants")
+    decoding = {"engine_decoder": _summarise_passes([b["decoder"] for b in budgets]),
+                **bench_alternatives(scored[:DECODING_ONLY_FILES], budgets[0]["rasters"], engine,
+                                     batch_size=first["batch_size"], threads=first["decode_threads"],
+                                     device=_decoder_device(first))}
     report = {
         "kind": "throughput",
         "created": rep.stamp(),
@@ -97,8 +101,8 @@ def measure_throughput(engine: Path, data: Path, workdir: Path, *, repeat: int =
                    "device": first["device"]},
         "settings": {"repeat": repeat, "warmup": warmup, "model_repeat": model_repeat},
         "dcx": _dcx_section(dcx_runs),
-        "model_only": {**model_only["results"][0], "backend": model_only["backend"],
-                       "precision": model_only["precision"]},
+        "model_only": {**_summarise_passes([b["model"] for b in budgets]), "batch_size": first["batch_size"],
+                       "backend": budgets[0]["backend"], "precision": budgets[0]["precision"]},
         "decoding": decoding,
     }
     report["cpu"] = _cpu_budget(report)
@@ -110,6 +114,35 @@ def measure_throughput(engine: Path, data: Path, workdir: Path, *, repeat: int =
         report["parity"] = _parity(ref[0], engine, data, dcx_runs[0], log)
     report["ratios"] = _ratios(report)
     return report
+
+
+def _budget_pass(engine: Path, files: list[str], summary: dict, model_repeat: int, log) -> dict:
+    """Model-only and the engine's decoder alone, as the dcx-infer run of ``summary`` ran them
+    (batch, decode threads, device), measured right after it: that run's CPU budget."""
+    log(f"model-only: {summary['backend']} {summary['precision']} at batch {summary['batch_size']}; decoding only: "
+        "the engine's decoder")
+    model = bench_model_file(engine, [summary["batch_size"]], repeat=model_repeat)
+    decoder, rasters = bench_engine_decoder(files, engine, batch_size=summary["batch_size"],
+                                            threads=summary["decode_threads"], device=_decoder_device(summary))
+    return {"model": model["results"][0], "backend": model["backend"], "precision": model["precision"],
+            "decoder": decoder, "rasters": rasters}
+
+
+def _decoder_device(summary: dict) -> str:
+    return "gpu" if summary["device"].startswith("cuda") else "cpu"
+
+
+def _summarise_passes(passes: list[dict]) -> dict:
+    """Passes of one measurement (one per repetition) as one record: the median images/s and
+    CPU ms per image, the range of images/s, and every pass."""
+    rates = [p["images_per_s"] for p in passes]
+    ranges = [p.get("images_per_s_range", [p["images_per_s"]] * 2) for p in passes]
+    return {**{k: v for k, v in passes[0].items() if k not in ("images_per_s", "images_per_s_range",
+                                                               "cpu_ms_per_image", "latency_s")},
+            "images_per_s": summarise(rates)["median"],
+            "images_per_s_range": [min(r[0] for r in ranges), max(r[1] for r in ranges)],
+            "cpu_ms_per_image": summarise([p["cpu_ms_per_image"] for p in passes])["median"],
+            "passes": passes}
 
 
 def _parity(reference: Path, engine: Path, data: Path, run, log) -> dict:
@@ -210,14 +243,23 @@ def _cpu_budget(report: dict) -> dict:
     if report["engine"]["device"] == "cpu":
         model = report["model_only"]["images_per_s"]
         ceiling = cpu_ceiling(budget["cores"], budget["decoder_ms_per_image"], budget["model_ms_per_image"])
+        # each run against the ceiling measured right after it
+        ceilings = [cpu_ceiling(budget["cores"], d["cpu_ms_per_image"], m["cpu_ms_per_image"])
+                    for d, m in zip(decoder["passes"], report["model_only"]["passes"])]
         budget.update(ceiling_images_per_s=ceiling, ceiling_over_model_only=ceiling / model,
-                      dcx_over_ceiling=report["dcx"]["images_per_s"]["median"] / ceiling)
+                      ceiling_per_repetition=ceilings,
+                      dcx_over_ceiling=_over(report["dcx"]["images_per_s"], ceilings))
         if report["dcx"]["images_per_s_after_first"] is not None:
-            budget["after_first_over_ceiling"] = report["dcx"]["images_per_s_after_first"]["median"] / ceiling
+            budget["after_first_over_ceiling"] = _over(report["dcx"]["images_per_s_after_first"], ceilings)
         if budget["codec_ms_per_image"]:
             floor = cpu_ceiling(budget["cores"], budget["codec_ms_per_image"], budget["model_ms_per_image"])
             budget.update(codec_ceiling_images_per_s=floor, codec_ceiling_over_model_only=floor / model)
     return budget
+
+
+def _over(rates: dict, ceilings: list[float]) -> dict:
+    """Each repetition's rate over its own ceiling, summarised."""
+    return summarise([rate / ceiling for rate, ceiling in zip(rates["values"], ceilings)])
 
 
 def _peer_section(runs: list[dict]) -> dict:
@@ -283,8 +325,7 @@ def markdown(report: dict) -> str:
                      f"{peer['batch_size']}", rep.fmt(peer["images_per_s"]["median"]),
                      rep.fmt_range(peer["images_per_s"]), "–", rep.mib(peer["peak_rss_bytes"])])
     rows.append([f"model-only ({mo['backend']} {mo['precision']}, batch {mo['batch_size']}, prepared tensors)",
-                 rep.fmt(mo["images_per_s"]), f"{rep.fmt(mo['images_per_s_range'][0])}–"
-                 f"{rep.fmt(mo['images_per_s_range'][1])}", rep.fmt(cpu["model_ms_per_image"], 1), "–"])
+                 rep.fmt(mo["images_per_s"]), _range(mo), rep.fmt(cpu["model_ms_per_image"], 1), "–"])
     parts = [("decoding only: the engine's decoder (no inference)", decoding["engine_decoder"]),
              ("decoding only: DALI's codec alone (no resize, no checks)", decoding["codec_only"])]
     if "dct_scaled" in decoding:
@@ -294,7 +335,8 @@ def markdown(report: dict) -> str:
         parts.append(("decoding only: the engine's decoder, DALI resizing as on a GPU", decoding["dali_resize"]))
     for label, part in parts:
         if part["images"]:
-            rows.append([f"{label}, {part['images']} images", rep.fmt(part["images_per_s"]), "one pass",
+            rows.append([f"{label}, {part['images']} images", rep.fmt(part["images_per_s"]),
+                         _range(part) if len(part.get("passes", ())) > 1 else "one pass",
                          rep.fmt(part["cpu_ms_per_image"], 1), "–"])
     after = report["loadavg_after"]
     lines = [title, "", f"Machine: {rep.machine_line(report['machine'])} before, {after[0] if after else '?'} after; "
@@ -327,6 +369,11 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _range(record: dict) -> str:
+    low, high = record["images_per_s_range"]
+    return f"{rep.fmt(low)}–{rep.fmt(high)}"
+
+
 def _after_first(report: dict) -> str:
     """Where the rest of the ceiling went: the start (imports, model load, the first batch)
     against the pace after it."""
@@ -335,7 +382,13 @@ def _after_first(report: dict) -> str:
         return ""
     return (f"; its first scores came after {dcx['first_scores_s']['median']:.2f} s (imports of the decoder "
             f"and the runtime, model load, pipeline builds, the first batch), and after them it ran "
-            f"{dcx['images_per_s_after_first']['median']:.1f} img/s = {cpu['after_first_over_ceiling']:.0%} of it")
+            f"{dcx['images_per_s_after_first']['median']:.1f} img/s = {_shares(cpu['after_first_over_ceiling'])}")
+
+
+def _shares(ratio: dict) -> str:
+    """``93% of it`` and, over several repetitions, their range."""
+    spread = f" ({ratio['min']:.0%}–{ratio['max']:.0%})" if ratio["n"] > 1 else ""
+    return f"{ratio['median']:.0%}{spread} of it"
 
 
 def _parity_lines(report: dict) -> list[str]:
@@ -363,8 +416,11 @@ def _budget_lines(report: dict) -> list[str]:
              f"inference share {cores} cores, so end to end cannot beat {cores} x 1000 / (decode + model) images/s "
              "however they overlap.", "",
              f"- with this decoder: {cores} x 1000 / ({decoder:.1f} + {model:.1f}) = "
-             f"**{cpu['ceiling_images_per_s']:.1f} img/s = {cpu['ceiling_over_model_only']:.0%} of model-only**; "
-             f"dcx-infer reaches {cpu['dcx_over_ceiling']:.0%} of it" + _after_first(report)]
+             f"**{cpu['ceiling_images_per_s']:.1f} img/s = {cpu['ceiling_over_model_only']:.0%} of model-only** "
+             f"(medians; each repetition measured model-only and the decoder again right after its dcx-infer run, "
+             f"ceilings {'/'.join(f'{c:.1f}' for c in cpu['ceiling_per_repetition'])} img/s); dcx-infer reaches "
+             f"**{_shares(cpu['dcx_over_ceiling'])}**, each run against its own repetition's ceiling"
+             + _after_first(report)]
     if "codec_ceiling_images_per_s" in cpu:
         floor = cpu["codec_ceiling_images_per_s"]
         vs_peer = (f", {floor / report['peer']['images_per_s']['median']:.2f}x the peer"
