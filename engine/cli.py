@@ -16,7 +16,7 @@ from . import interrupts
 from .backends import CPU_BATCH_SIZE
 from .dicomweb import ENV_PASSWORD, ENV_TOKEN, ENV_USER, DicomWebClient, DicomWebSource, Query, is_dicomweb_url
 from .lock import OutputLock
-from .memory import limit_malloc_arenas
+from .memory import imports_frozen, limit_malloc_arenas
 from .ray_runner import RAY_HELP, parse_address, screen_on_ray  # Ray itself loads only when --ray runs
 from .results import FORMATS
 from .run import screen
@@ -239,7 +239,8 @@ def _run(archive, engine, out, fmt, batch_size, decode_threads, device, include,
             sr_store=DicomWebClient(sr_to, ca_bundle=ca_bundle) if sr_to else None, sr_dir=sr_dir)
         if ray_address is None:
             limit_malloc_arenas()  # before the run starts its threads
-            result = screen(options)
+            with imports_frozen():
+                result = screen(options)
         else:
             result = screen_on_ray(options, ray_address, timeout_s=ray_timeout)
     return result, out, state, summary

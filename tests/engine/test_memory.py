@@ -1,12 +1,15 @@
-"""dcx-infer's cap on glibc malloc arenas, observed in glibc's own report (malloc_info)."""
+"""dcx-infer's cap on glibc malloc arenas, observed in glibc's own report (malloc_info), and its
+frozen imports, observed through the collector."""
 import ctypes
+import gc
 import os
 import subprocess
 import sys
+import weakref
 
 import pytest
 
-from dcx.engine.memory import screening_arenas
+from dcx.engine.memory import imports_frozen, screening_arenas
 
 CHILD = r"""
 import ctypes, re, sys, tempfile, threading
@@ -38,7 +41,7 @@ with tempfile.NamedTemporaryFile(suffix=".xml") as report:
     print(len(re.findall('<heap nr=', open(report.name).read())))
 """
 
-pytestmark = pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "malloc_info"), reason="needs glibc (malloc_info)")
+needs_glibc = pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "malloc_info"), reason="needs glibc (malloc_info)")
 
 
 THREADS = screening_arenas() + 4  # more threads than the cap, fewer than glibc's 8 per core
@@ -51,10 +54,34 @@ def arenas_after_threads(mode: str, **env) -> tuple[str, int]:
     return out[0], int(out[1])
 
 
+@needs_glibc
 def test_threads_share_one_arena_per_core():
     assert arenas_after_threads("free") == ("None", THREADS + 1)  # glibc's default: one per thread, and main's
     assert arenas_after_threads("limit") == ("True", screening_arenas())
 
 
+@needs_glibc
 def test_the_users_malloc_arena_max_wins():
     assert arenas_after_threads("limit", MALLOC_ARENA_MAX="3") == ("False", 3)
+
+
+class Node:
+    """A weakly referable object that can sit in a reference cycle (only the collector frees one)."""
+
+
+def cycle() -> weakref.ref:
+    node = Node()
+    node.self = node
+    return weakref.ref(node)
+
+
+def test_objects_made_before_the_run_are_left_out_of_its_collections():
+    gc.collect()
+    before = cycle()  # garbage already, but only a collection can tell
+    with imports_frozen():
+        during = cycle()
+        gc.collect()
+        assert during() is None  # the run's own garbage is collected as usual
+        assert before() is not None  # what existed before the block is not even looked at
+    gc.collect()
+    assert before() is None  # and the collector has it back afterwards
