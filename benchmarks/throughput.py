@@ -406,6 +406,13 @@ def _parity_lines(report: dict) -> list[str]:
             f"flags differ, max |delta p| {agree['max_abs_delta_p']:.4f}"]
 
 
+def _measured_beside(ceilings: list[float]) -> str:
+    if len(ceilings) == 1:
+        return "model-only and the decoder measured right after the dcx-infer run"
+    return ("medians; each repetition measured model-only and the decoder again right after its dcx-infer run, "
+            f"ceilings {'/'.join(f'{c:.1f}' for c in ceilings)} img/s")
+
+
 def _budget_lines(report: dict) -> list[str]:
     """What the CPU time per image allows on this machine (CPU runs only)."""
     cpu = report["cpu"]
@@ -417,8 +424,7 @@ def _budget_lines(report: dict) -> list[str]:
              "however they overlap.", "",
              f"- with this decoder: {cores} x 1000 / ({decoder:.1f} + {model:.1f}) = "
              f"**{cpu['ceiling_images_per_s']:.1f} img/s = {cpu['ceiling_over_model_only']:.0%} of model-only** "
-             f"(medians; each repetition measured model-only and the decoder again right after its dcx-infer run, "
-             f"ceilings {'/'.join(f'{c:.1f}' for c in cpu['ceiling_per_repetition'])} img/s); dcx-infer reaches "
+             f"({_measured_beside(cpu['ceiling_per_repetition'])}); dcx-infer reaches "
              f"**{_shares(cpu['dcx_over_ceiling'])}**, each run against its own repetition's ceiling"
              + _after_first(report)]
     if "codec_ceiling_images_per_s" in cpu:
