@@ -38,9 +38,9 @@ def bench_alternatives(files: list[str], rasters: list[str], engine: str | os.Pa
     and DALI-resize variants over ``files``."""
     record = {"codec_only": _bench_codec(rasters, batch_size, threads, device)}
     if device == "cpu":
+        preprocess = _preprocess(files, engine)
         for name, option in (("dct_scaled", "dct_scaling"), ("dali_resize", "dali_resize")):
-            record[name], _ = _bench_engine_decoder(files, _preprocess(files, engine), batch_size, threads, device,
-                                                    **{option: True})
+            record[name], _ = _bench_engine_decoder(files, preprocess, batch_size, threads, device, **{option: True})
     return record
 
 
