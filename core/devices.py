@@ -6,9 +6,12 @@ scripts written for the older ``dcx-train --device cuda`` keep working.
 """
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import DcxError
+
+if TYPE_CHECKING:  # imported when a device is resolved: naming one costs no PyTorch import
+    import torch
 
 DEVICES = ("auto", "cpu", "gpu")
 #: What a command line accepts: the vocabulary plus PyTorch's spelling of ``gpu``.
@@ -24,11 +27,15 @@ def check_device(device: str) -> str:
 
 
 def gpu_available() -> bool:
+    import torch
+
     return torch.cuda.is_available()
 
 
 def torch_device(device: str) -> torch.device:
     """``auto`` -> the CUDA device when PyTorch sees one, else the CPU; ``gpu`` must exist."""
+    import torch
+
     device = check_device(device)
     if device == "auto":
         return torch.device("cuda" if gpu_available() else "cpu")

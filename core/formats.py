@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 
 HEADER_BYTES = 132
+#: Refuse files above this size before reading them (no radiograph comes near it).
+MAX_FILE_BYTES = 1 << 30
 
 _SIGNATURES = (
     (b"\xff\xd8\xff", "jpeg"),

@@ -1,6 +1,12 @@
-"""``dcx-infer``: screen an archive of chest radiographs, one result row per file."""
+"""``dcx-infer``: screen an archive of chest radiographs, one result row per file.
+
+The module imports nothing that loads PyTorch (2 s): ``--help`` and a bad command line answer at
+once; the run's modules (:mod:`.run`, :mod:`.scoring`, :mod:`.ray_runner`) are imported when it
+starts, after the command line has been checked.
+"""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 import tempfile
 from urllib.parse import urlsplit
@@ -13,14 +19,10 @@ from dcx.core.files import usable_cores
 from dcx.core.site import read_site
 
 from . import interrupts
-from .backends import CPU_BATCH_SIZE
 from .dicomweb import ENV_PASSWORD, ENV_TOKEN, ENV_USER, DicomWebClient, DicomWebSource, Query, is_dicomweb_url
 from .lock import OutputLock
 from .memory import imports_frozen, limit_malloc_arenas
-from .ray_runner import RAY_HELP, parse_address, screen_on_ray  # Ray itself loads only when --ray runs
 from .results import FORMATS
-from .run import screen
-from .scoring import ScreenOptions
 from .shard import SHARD, SHARD_HELP
 
 #: Exit codes besides 0 (all scored or skipped), 1 (DcxError) and 2 (usage); see the help text.
@@ -28,6 +30,20 @@ EXIT_FILE_ERRORS, EXIT_OUT_OF_DISTRIBUTION, EXIT_INTERRUPTED = 3, 4, 130
 NO_OOD_NOTICE = ("notice: this model has no out-of-distribution score (trained before dcx had one), so ood_score "
                  "and in_distribution are empty and every image is taken as one it was trained for; "
                  "fit one with dcx-fit-ood CHECKPOINT and export again")
+
+_RAY_ADDRESS = re.compile(r"^(local|auto|ray://\S+|[\w.\-]+:\d+|\[[0-9a-fA-F:]+\]:\d+)$")
+RAY_HELP = ("Run on Ray: a bare --ray (put it after ARCHIVE, or write --ray=local) starts a Ray "
+            "instance on this machine; 'auto' joins this machine's cluster; HOST:PORT or "
+            "ray://HOST:PORT a remote one. Writes a folder of Parquet parts named by --out "
+            "(default format parquet). Needs pip install 'dcx[ray]'.")
+
+
+def parse_address(value: str) -> str:
+    """Check a ``--ray`` value; an archive path swallowed as the address gets a clear hint."""
+    if _RAY_ADDRESS.match(value):
+        return value
+    raise DcxError(f"--ray {value!r} is not a Ray address (local, auto, HOST:PORT or ray://HOST:PORT); "
+                   "for a local Ray instance put --ray after ARCHIVE, or write --ray=local", exit_code=2)
 
 
 def _default_decode_threads() -> int:
@@ -227,6 +243,10 @@ def _run(archive, engine, out, fmt, batch_size, decode_threads, device, include,
     if heatmaps is not None:
         _check_heatmap_folder(heatmaps)
 
+    from .ray_runner import screen_on_ray  # Ray itself loads only when --ray runs
+    from .run import screen
+    from .scoring import ScreenOptions
+
     with OutputLock(out):  # one run per output, for the whole run
         if out.exists() and not force and not (state is not None and state.exists()):
             raise DcxError(f"{out} exists and no state database ({state or '--no-state'}) accounts for it; "
@@ -257,6 +277,8 @@ def _check_heatmap_folder(folder: Path) -> None:
 
 
 def _default_batch_size(device: str) -> int:
+    from .backends import CPU_BATCH_SIZE
+
     return 64 if device != "cpu" and gpu_available() else CPU_BATCH_SIZE
 
 

@@ -2,7 +2,7 @@
 
 Every byte is hostile, so Python looks at each file before any decoder does:
 
-1. **Read** the header first: not a regular file, above :data:`MAX_FILE_BYTES`, unreadable -> ``error``.
+1. **Read** the header first: not a regular file, above :data:`~dcx.core.formats.MAX_FILE_BYTES`, unreadable -> ``error``.
 2. **Sniff** the magic bytes (:func:`dcx.core.formats.sniff_bytes`); unknown or empty -> ``error``
    when the name claims an image or DICOM (:func:`claims_image`), else ``skipped`` (a CSV, a PDF,
    ``Thumbs.db``: no image, nothing wrong). Only then is the rest of the file read.
@@ -67,9 +67,6 @@ from .stage_clock import StageClock
 # file to stderr, over the progress bar; the outcome rows carry the reasons instead.
 os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "0")
 os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
-
-#: Refuse files above this size before reading them (no radiograph comes near it).
-MAX_FILE_BYTES = 1 << 30
 
 #: DCT-scaled JPEG decoding keeps the decoded long side at least this many times the model input.
 DCT_MARGIN = 2
@@ -419,8 +416,8 @@ def _read(path: Path) -> tuple[bytes, str]:
         with os.fdopen(fd, "rb") as f:
             if st.st_size == 0:
                 _refuse(path, b"", "empty file (0 bytes)")
-            if st.st_size > MAX_FILE_BYTES:
-                raise DcxError(f"{st.st_size} bytes exceeds the {MAX_FILE_BYTES} byte file limit")
+            if st.st_size > formats.MAX_FILE_BYTES:
+                raise DcxError(f"{st.st_size} bytes exceeds the {formats.MAX_FILE_BYTES} byte file limit")
             head = f.read(formats.HEADER_BYTES)
             fmt = formats.sniff_bytes(head)
             if fmt is None:

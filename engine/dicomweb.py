@@ -11,7 +11,7 @@ stores results back. The only HTTP client of dcx.
   (:func:`dcx.engine.state.state_key`), so a renamed or moved server keeps its history and a
   second night scores only new instances.
 - **Retrieval**: a few concurrent requests per batch, each streamed to a temporary file
-  (at most :data:`~dcx.engine.decode.MAX_FILE_BYTES` each), decoded by the same
+  (at most :data:`~dcx.core.formats.MAX_FILE_BYTES` each), decoded by the same
   :class:`~dcx.engine.decode.Decoder` and DICOM rules as files, deleted after the batch.
   Non-images (SR, presentation states, dcx's own reports) thus become ``skipped`` rows.
 - **Failures**: timeouts, dropped connections, 429 and 5xx are retried with exponential
@@ -40,8 +40,8 @@ from typing import Iterator
 from urllib.parse import quote, urlsplit
 
 from dcx.core.errors import DcxError
+from dcx.core.formats import MAX_FILE_BYTES
 
-from .decode import MAX_FILE_BYTES
 from .discover import Candidate
 
 ENV_TOKEN, ENV_USER, ENV_PASSWORD = "DCX_DICOMWEB_TOKEN", "DCX_DICOMWEB_USER", "DCX_DICOMWEB_PASSWORD"

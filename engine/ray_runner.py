@@ -36,7 +36,6 @@ import dataclasses
 import json
 import os
 import queue
-import re
 import shutil
 import sys
 import threading
@@ -60,28 +59,11 @@ from .state import StateDB
 DEFAULT_TIMEOUT_S = 600.0
 #: Rows per Parquet part.
 PART_ROWS = 8192
-_ADDRESS = re.compile(r"^(local|auto|ray://\S+|[\w.\-]+:\d+|\[[0-9a-fA-F:]+\]:\d+)$")
-
-#: Help text for the CLI option, kept beside the behaviour it describes.
-RAY_HELP = ("Run on Ray: a bare --ray (put it after ARCHIVE, or write --ray=local) starts a Ray "
-            "instance on this machine; 'auto' joins this machine's cluster; HOST:PORT or "
-            "ray://HOST:PORT a remote one. Writes a folder of Parquet parts named by --out "
-            "(default format parquet). Needs pip install 'dcx[ray]'.")
-
-
-def parse_address(value: str) -> str:
-    """Check a ``--ray`` value; an archive path swallowed as the address gets a clear hint."""
-    if _ADDRESS.match(value):
-        return value
-    raise DcxError(f"--ray {value!r} is not a Ray address (local, auto, HOST:PORT or ray://HOST:PORT); "
-                   "for a local Ray instance put --ray after ARCHIVE, or write --ray=local", exit_code=2)
-
-
 def screen_on_ray(options: scoring.ScreenOptions, address: str = "local", *,
                   timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
     """Screen like :func:`dcx.engine.run.screen`, on Ray; returns the run summary.
 
-    ``options.out`` names the folder of Parquet parts. ``address`` as in :func:`parse_address`;
+    ``options.out`` names the folder of Parquet parts. ``address`` as in :func:`dcx.engine.cli.parse_address`;
     an already initialised Ray connection (``ray.init`` by the caller) is used as it is.
     """
     if (options.fmt or (format_for(options.out) if Path(options.out).suffix else "parquet")) != "parquet":

@@ -248,6 +248,20 @@ def test_usage_errors(trained_checkpoint, archive, tmp_path):
     assert "Traceback" not in bad.output and not (tmp_path / "r.csv").exists()
 
 
+def test_help_and_usage_errors_answer_without_loading_torch(tmp_path):
+    """--help and a bad command line come back at once: PyTorch (2 s to import) loads only for a run."""
+    code = ("import sys\n"
+            "from dcx.engine.cli import main\n"
+            "try:\n"
+            "    main(sys.argv[1:])\n"
+            "except SystemExit as exc:\n"
+            "    print('exit', exc.code, 'torch' in sys.modules)\n")
+    for args, code_expected in ((["--help"], 0), (["--engine", "m.onnx"], 2), (["--engine", "m.onnx", tmp_path / "nope"], 1),
+                                (["--engine", "m.onnx", tmp_path, "--ray", "not an address"], 2)):
+        proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
+        assert proc.stdout.splitlines()[-1] == f"exit {code_expected} False", (args, proc.stdout, proc.stderr)
+
+
 def test_onnx_engine_matches_the_checkpoint(trained_checkpoint, archive, tmp_path):
     from dcx.export.cli import main as export
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import invoke
-from dcx.engine.ray_runner import _ScoreFiles, _watch, parse_address
+from dcx.engine.cli import parse_address
+from dcx.engine.ray_runner import _ScoreFiles, _watch
 from dcx.engine.results import read_rows
 from dcx.engine.scoring import ScreenOptions
 from dcx.core.errors import DcxError
