@@ -1,8 +1,8 @@
 """``dcx-infer``: screen an archive of chest radiographs, one result row per file.
 
 The module imports nothing that loads PyTorch (2 s): ``--help`` and a bad command line answer at
-once; the run's modules (:mod:`.run`, :mod:`.scoring`, :mod:`.ray_runner`) are imported when it
-starts, after the command line has been checked.
+once; the run's modules (:mod:`.run`, :mod:`.scoring`, :mod:`.ray_runner`, :mod:`.backends`) are
+imported when it starts, after the command line has been checked.
 """
 from __future__ import annotations
 

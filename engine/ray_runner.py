@@ -59,11 +59,14 @@ from .state import StateDB
 DEFAULT_TIMEOUT_S = 600.0
 #: Rows per Parquet part.
 PART_ROWS = 8192
+
+
 def screen_on_ray(options: scoring.ScreenOptions, address: str = "local", *,
                   timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
     """Screen like :func:`dcx.engine.run.screen`, on Ray; returns the run summary.
 
-    ``options.out`` names the folder of Parquet parts. ``address`` as in :func:`dcx.engine.cli.parse_address`;
+    ``options.out`` names the folder of Parquet parts. ``address``: ``local``, ``auto``, ``HOST:PORT``
+    or ``ray://HOST:PORT`` (:func:`dcx.engine.cli.parse_address` checks it);
     an already initialised Ray connection (``ray.init`` by the caller) is used as it is.
     """
     if (options.fmt or (format_for(options.out) if Path(options.out).suffix else "parquet")) != "parquet":

@@ -256,10 +256,11 @@ def test_help_and_usage_errors_answer_without_loading_torch(tmp_path):
             "    main(sys.argv[1:])\n"
             "except SystemExit as exc:\n"
             "    print('exit', exc.code, 'torch' in sys.modules)\n")
-    for args, code_expected in ((["--help"], 0), (["--engine", "m.onnx"], 2), (["--engine", "m.onnx", tmp_path / "nope"], 1),
-                                (["--engine", "m.onnx", tmp_path, "--ray", "not an address"], 2)):
+    cases = ((["--help"], 0), (["--engine", "m.onnx"], 2), (["--engine", "m.onnx", tmp_path / "nope"], 1),
+             (["--engine", "m.onnx", tmp_path, "--ray", "not an address"], 2))
+    for args, exit_code in cases:
         proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
-        assert proc.stdout.splitlines()[-1] == f"exit {code_expected} False", (args, proc.stdout, proc.stderr)
+        assert proc.stdout.splitlines()[-1] == f"exit {exit_code} False", (args, proc.stdout, proc.stderr)
 
 
 def test_onnx_engine_matches_the_checkpoint(trained_checkpoint, archive, tmp_path):
