@@ -38,7 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from dcx.core import dicom
-from dcx.core.card import ModelCard, save_checkpoint
+from dcx.core.card import ModelCard
+from dcx.core.checkpoint import save_checkpoint
 from dcx.core.models import create_model
 from dcx.core.preprocess import Preprocess
 from dcx.engine.backends import open_backend

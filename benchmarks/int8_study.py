@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from dcx.core.card import load_model
+from dcx.core.checkpoint import load_model
 from dcx.engine.backends import open_backend
 from dcx.export import precision as P, samples as S, verify
 from dcx.export.onnx_export import export_onnx, save_onnx_artefact

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dcx.core.card import load_model
+from dcx.core.checkpoint import load_model
 from dcx.core.errors import DcxError
 from dcx.core.metrics import roc_auc
 from dcx.core.reader import read_unit_gray

@@ -28,7 +28,8 @@ import numpy as np
 
 from dcx.core import compare, metrics
 from dcx.core.errors import DcxError
-from dcx.train.data import ImageDataset, collate_skipping, read_samples
+from dcx.train.data import read_samples
+from dcx.train.loading import ImageDataset, collate_skipping
 from dcx.train.trainer import predict
 
 from . import report as rep

@@ -24,7 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
-from dcx.core.card import ModelCard, load_model
+from dcx.core.card import ModelCard
+
+from dcx.core.checkpoint import load_model
 from dcx.core.files import usable_cores
 from dcx.core.preprocess import letterbox_geometry
 

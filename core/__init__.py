@@ -8,7 +8,8 @@
 - ``dicom``      DICOM header rules and the pixel transform
 - ``reader``     the reference reader: any supported file as unit gray
 - ``models``     the model registry (DcxNet: probabilities and CAM from one forward pass)
-- ``card``       the model card, checkpoints, and the one checkpoint-to-model loader
+- ``card``       the model card (JSON; needs no PyTorch)
+- ``checkpoint`` the checkpoint file and the one checkpoint-to-model loader
 - ``artefact``   what travels with an exported model: tensor names, sidecar, plan compatibility
 - ``metrics``    screening metrics and their confidence intervals
 - ``compare``    reference vs candidate: deltas, agreement, gates

@@ -16,18 +16,25 @@ so it is defined here once:
    graphs take the unit-gray tensor directly and the engine never needs to know it.
 
 Every parameter comes from the model card (:meth:`dcx.core.card.ModelCard.preprocess`, and
-:func:`dcx.core.card.build_model` for mean/std). Step 1 for files is :mod:`dcx.core.reader`;
+:func:`dcx.core.checkpoint.build_model` for mean/std). Step 1 for files is :mod:`dcx.core.reader`;
 the engine's DALI pipeline reproduces steps 1-2 on CPU or GPU; its test states the bound.
+
+PyTorch is imported by the functions that make tensors (here and in :mod:`dcx.core.resize`), not
+with this module: step 1 and the geometry also serve processes that load no model (dcx-report's
+thumbnails, the DICOM reader), which PyTorch's import would cost 2 CPU-seconds and 500 MB.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .errors import DcxError
 from .resize import resize_antialiased
+
+if TYPE_CHECKING:
+    import torch
 
 #: Refuse images above this many pixels before decoding (decompression bombs, lying headers).
 MAX_PIXELS = 16384 * 16384
@@ -99,6 +106,8 @@ def to_unit_gray(pixels: np.ndarray) -> np.ndarray:
 
 def as_tensor(unit_gray: np.ndarray | torch.Tensor) -> torch.Tensor:
     """HxW unit gray -> (1, H, W) float32 tensor."""
+    import torch
+
     t = torch.as_tensor(unit_gray, dtype=torch.float32)
     return t.unsqueeze(0) if t.ndim == 2 else t
 

@@ -8,22 +8,28 @@ Why: the CPU screening path resizes every decoded film on the host, and torch's 
 float32 (its rounded float centres move a weight by up to 1e-5; exact float64 weights put the
 result 1e-5 of unit gray off torch's), so the two agree to float rounding: held by
 ``tests/core/test_resize.py`` against ``F.interpolate``. On a GPU torch's own kernel runs.
+PyTorch is imported when a resize runs (see :mod:`dcx.core.preprocess`).
 """
 from __future__ import annotations
 
 import functools
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 
 def resize_antialiased(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(..., H, W) float32 -> (..., height, width), bilinear, antialiased when shrinking."""
+    import torch
+
     if image.device.type != "cpu" or image.dtype != torch.float32:
         batch = image.reshape(-1, 1, *image.shape[-2:])
-        out = F.interpolate(batch, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+        out = torch.nn.functional.interpolate(batch, size=(height, width), mode="bilinear", align_corners=False,
+                                              antialias=True)
         return out.reshape(*image.shape[:-2], height, width)
     rows, columns = filter_matrix(image.shape[-2], height), filter_matrix(image.shape[-1], width)
     planes = image.reshape(-1, *image.shape[-2:])
@@ -50,6 +56,8 @@ def filter_matrix(n_in: int, n_out: int) -> torch.Tensor:
     + 0.5) (at most n_in), weight 1 - |(tap - centre + 0.5) / support| (0 outside), then divided by
     the weights' float sum -- which renormalises the filter over the pixels inside the image.
     """
+    import torch
+
     f32 = np.float32
     scale = f32(n_in) / f32(n_out)
     support = scale if scale >= 1 else f32(1.0)

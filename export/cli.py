@@ -5,10 +5,9 @@ from pathlib import Path
 
 import click
 
+from dcx.core.artefact import PRECISIONS
 from dcx.core.errors import Command, DcxError
 
-from dcx.core.artefact import PRECISIONS
-from .pipeline import ExportRequest, run_export
 from .precision import FLOAT_LAYERS, STAGE_LAYER, TARGETS
 
 EPILOG = """\b
@@ -121,6 +120,8 @@ def main(source, precision, target, float_layers, calib, calib_samples, eval_dat
         click.echo(f"checkpoint: {source} (newest runs/*/best.pt)")
     if strict and accept_accuracy_loss:
         raise DcxError("--strict and --accept-accuracy-loss contradict each other; pass one")
+    from .pipeline import ExportRequest, run_export  # PyTorch: loaded once the command line is checked
+
     request = ExportRequest(source=source, out=out, precision=precision, target=target,
                             float_layers=tuple(float_layers) or None, calib=calib,
                             calib_samples=calib_samples,

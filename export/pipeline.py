@@ -25,7 +25,8 @@ import torch
 
 from dcx.core.artefact import (PRECISIONS, read_card, read_precision, read_sidecar, sha256_file, sidecar_path,
                                update_sidecar)
-from dcx.core.card import ModelCard, load_model
+from dcx.core.card import ModelCard
+from dcx.core.checkpoint import load_model
 from dcx.core.errors import DcxError
 from dcx.core.models import DcxNet
 from dcx.engine.backends import CPU_BATCH_SIZE, open_backend

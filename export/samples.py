@@ -25,7 +25,8 @@ import torch
 
 from dcx.core.card import ModelCard
 from dcx.core.progress import Progress
-from dcx.train.data import ImageDataset, Sample, collate_skipping, read_samples
+from dcx.train.data import Sample, read_samples
+from dcx.train.loading import ImageDataset, collate_skipping
 from dcx.core.errors import DcxError
 
 BATCH_SIZE = 32

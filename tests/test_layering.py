@@ -4,9 +4,9 @@
 may import ``core``, ``train`` and ``engine``; ``benchmarks`` anything. Imports of dcx sit at
 the top of a module, never inside a function where they could hide a cycle; two exceptions: the
 lazy backends, each loaded only when its kind of model file is opened (so TensorRT is never
-loaded on a machine serving ONNX), and dcx-infer's command, which loads the run's modules after
-checking its command line (so ``--help`` and usage errors answer without importing PyTorch, 2 s);
-no module imports a command, so no cycle can hide there.
+loaded on a machine serving ONNX), and the commands that load their work's modules after checking
+their command line (so ``--help`` and usage errors answer without importing PyTorch, 2 s); no
+module imports such a command, so no cycle can hide there.
 """
 from __future__ import annotations
 
@@ -25,7 +25,12 @@ ALLOWED = {
     "benchmarks": {"core", "train", "engine", "export", "benchmarks"},
 }
 LAZY_BACKENDS = {f"engine.backends.{name}_backend" for name in ("tensorrt", "onnxruntime", "openvino", "torch")}
-LAZY_IN_COMMAND = {"engine/cli.py": {"engine.run", "engine.scoring", "engine.ray_runner", "engine.backends"}}
+LAZY_IN_COMMAND = {
+    "engine/cli.py": {"engine.run", "engine.scoring", "engine.ray_runner", "engine.backends"},
+    "export/cli.py": {"export.pipeline"},
+    "train/eval_cli.py": {"core.checkpoint", "train.evaluate", "train.plots"},
+    "train/calibrate_cli.py": {"core.checkpoint", "train.evaluate"},
+}
 MODULES = sorted(p for layer in ALLOWED for p in (ROOT / layer).rglob("*.py"))
 
 

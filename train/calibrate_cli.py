@@ -5,13 +5,11 @@ from pathlib import Path
 
 import click
 
-from dcx.core.card import load_checkpoint
 from dcx.core.errors import Command, DcxError
 from dcx.core.site import write_site
 
 from .calibrate import INTERVAL, calibrate
 from .data import data_fingerprint, read_samples
-from .evaluate import format_ci, format_metric, predict_samples
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -48,6 +46,10 @@ def main(model, data, target_sensitivity, youden, out, batch_size, workers, forc
         target_sensitivity = 0.98
     if out.exists() and not force:
         raise DcxError(f"{out} exists; pass --force to overwrite it")
+    from dcx.core.checkpoint import load_checkpoint  # PyTorch: loaded once the command line is checked
+
+    from .evaluate import format_ci, format_metric, predict_samples
+
     card, state_dict, _ = load_checkpoint(model)
     samples = read_samples(data)
     unknown = sorted({s.label for s in samples} - set(card.classes))

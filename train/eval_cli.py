@@ -6,12 +6,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from dcx.core.card import load_checkpoint
-from .data import SPLITS, read_samples
 from dcx.core.errors import Command, DcxError
-from .evaluate import format_ci, format_metric, predict_samples, summarize, sweep_markdown, write_predictions
 from dcx.core.files import write_json
-from .plots import plot_confusion, plot_pr, plot_roc
+
+from .data import SPLITS, read_samples
 
 OUTPUTS = ("metrics.json", "threshold_sweep.md", "predictions.csv", "roc.png", "pr.png", "confusion.png")
 
@@ -45,6 +43,12 @@ def main(checkpoint, data, out, split, batch_size, workers, force):
     """
     if batch_size < 1:
         raise DcxError("--batch-size must be at least 1")
+    # PyTorch and matplotlib: loaded once the command line is checked
+    from dcx.core.checkpoint import load_checkpoint
+
+    from .evaluate import format_ci, format_metric, predict_samples, summarize, sweep_markdown, write_predictions
+    from .plots import plot_confusion, plot_pr, plot_roc
+
     card, state_dict, _ = load_checkpoint(checkpoint)
     samples = _select(read_samples(data), split, data)
     unknown = sorted({s.label for s in samples} - set(card.classes))

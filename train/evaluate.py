@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from dcx.core import metrics
-from dcx.core.card import ModelCard, build_model
+from dcx.core.card import ModelCard
+from dcx.core.checkpoint import build_model
 from dcx.core.devices import torch_device
 from dcx.core.errors import DcxError
 
-from .data import ImageDataset, collate_skipping
+from .loading import ImageDataset, collate_skipping
 from .trainer import default_workers, predict
 
 #: The Deep-COVID paper's sweep; :func:`summarize` adds the card's own threshold.

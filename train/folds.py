@@ -23,7 +23,7 @@ from pathlib import Path
 
 import click
 
-from dcx.core.card import load_checkpoint
+from dcx.core.checkpoint import load_checkpoint
 from dcx.core.errors import DcxError
 from dcx.core.files import atomic_path, write_json
 

@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader
 from dcx.core.errors import DcxError
 from dcx.core.models import DcxNet
 
-from .data import ImageDataset, Sample, collate_skipping
+from .data import Sample
+from .loading import ImageDataset, collate_skipping
 from .presets import EvalPreset
 
 METHOD = "mahalanobis, class-conditional gaussians, shared covariance (ledoit-wolf shrinkage)"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from dcx.core.card import build_model, load_checkpoint, save_checkpoint
+from dcx.core.checkpoint import build_model, load_checkpoint, save_checkpoint
 from dcx.core.devices import DEVICE_CHOICES, check_device, torch_device
 from dcx.core.errors import Command, DcxError
 from dcx.core.files import write_json

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from dcx.core.card import load_checkpoint
+from dcx.core.checkpoint import load_checkpoint
 from dcx.core.devices import DEVICE_CHOICES, check_device
 from dcx.core.errors import Command, DcxError
 from dcx.core.models import list_models

@@ -33,12 +33,14 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from dcx.core import drift, metrics
-from dcx.core.card import ModelCard, load_checkpoint, save_checkpoint
+from dcx.core.card import ModelCard
+from dcx.core.checkpoint import load_checkpoint, save_checkpoint
 from dcx.core.devices import torch_device
 from dcx.core.progress import Progress
 
-from .data import (SPLITS, EpochSampler, ImageDataset, Sample, check_trainable, class_counts, collate_skipping, data_fingerprint,
-                   inverse_frequency_weights, read_samples, split_samples, write_manifest)
+from .data import (SPLITS, Sample, check_trainable, class_counts, data_fingerprint, inverse_frequency_weights,
+                   read_samples, split_samples, write_manifest)
+from .loading import EpochSampler, ImageDataset, collate_skipping
 from dcx.core.errors import DcxError
 from dcx.core.files import usable_cores, write_json
 from dcx.core.models import create_model

@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 
 from dcx.core.artefact import read_card, read_runtime
-from dcx.core.card import load_checkpoint
+from dcx.core.checkpoint import load_checkpoint
 from dcx.core.devices import check_device
 from dcx.core.errors import DcxError
 

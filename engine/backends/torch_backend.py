@@ -22,7 +22,7 @@ import os
 import numpy as np
 import torch
 
-from dcx.core.card import load_model
+from dcx.core.checkpoint import load_model
 from dcx.core.devices import torch_device
 
 from .base import Backend

@@ -36,7 +36,7 @@ def fp32_onnx(trained_checkpoint, tmp_path_factory):
 def other_model(trained_checkpoint, tmp_path_factory):
     """Same architecture, classes and input size, other (untrained) weights: not the reference."""
     from dcx.export.onnx_export import export_onnx
-    from dcx.core.card import load_checkpoint
+    from dcx.core.checkpoint import load_checkpoint
     from dcx.core.models import create_model
 
     card, _, _ = load_checkpoint(trained_checkpoint)

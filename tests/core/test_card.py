@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dcx.core.card import ModelCard, build_model, load_model, save_checkpoint
+from dcx.core.card import ModelCard
+
+from dcx.core.checkpoint import build_model, load_model, save_checkpoint
 from dcx.core.devices import check_device, torch_device
 from dcx.core.errors import DcxError
 from dcx.core.models import create_model

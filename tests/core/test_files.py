@@ -5,7 +5,9 @@ import stat
 import pytest
 import torch
 
-from dcx.core.card import ModelCard, save_checkpoint
+from dcx.core.card import ModelCard
+
+from dcx.core.checkpoint import save_checkpoint
 from dcx.core.files import atomic_path, write_json
 
 

@@ -5,7 +5,9 @@ import pytest
 import torch
 import torchvision
 
-from dcx.core.card import ModelCard, load_checkpoint, save_checkpoint
+from dcx.core.card import ModelCard
+
+from dcx.core.checkpoint import load_checkpoint, save_checkpoint
 from dcx.core.errors import DcxError
 from dcx.core.models import create_model, list_models
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from dcx.core.artefact import sidecar_path
-from dcx.core.card import ModelCard, save_checkpoint
+from dcx.core.card import ModelCard
+from dcx.core.checkpoint import save_checkpoint
 from dcx.core.errors import DcxError
 from dcx.core.models import create_model
 from dcx.engine.backends import open_backend

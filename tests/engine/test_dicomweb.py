@@ -30,7 +30,8 @@ from dcx.engine.run import screen
 from dcx.engine.scoring import ScreenOptions
 from dcx.engine.shard import Shard
 from dcx.engine.state import StateDB, state_key
-from dcx.core.card import ModelCard, save_checkpoint
+from dcx.core.card import ModelCard
+from dcx.core.checkpoint import save_checkpoint
 from dcx.core.errors import DcxError
 from dcx.core.models import create_model
 from dcx.train.synth import DICOM_VARIANTS, make_phantom, write_dicom

@@ -18,7 +18,8 @@ import torch
 from conftest import invoke
 from dcx.core import metrics
 from dcx.core.artefact import CARD_KEY, read_card, read_precision, sidecar_path
-from dcx.core.card import ModelCard, load_checkpoint, save_checkpoint
+from dcx.core.card import ModelCard
+from dcx.core.checkpoint import load_checkpoint, save_checkpoint
 from dcx.core.errors import DcxError
 from dcx.core.models import create_model, list_models
 from dcx.core.reader import read_unit_gray

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from dcx.export.cli import main as export
 from dcx.report.cli import main as report
 from dcx.core import drift
 from dcx.train.calibrate_cli import main as calibrate
-from dcx.core.card import load_checkpoint
+from dcx.core.checkpoint import load_checkpoint
 from dcx.train.synth_cli import main as synth
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -207,6 +208,18 @@ def test_the_browser_check_catches_a_script_error(tmp_path, artefacts):
     page.write_text("<!DOCTYPE html><html><body><p>broken</p><script>undefinedFunction();</script></body></html>")
     with pytest.raises(AssertionError, match="Uncaught ReferenceError"):
         open_in_chromium(page, tmp_path, artefacts)
+
+
+def test_the_report_runs_without_loading_torch(screened, tmp_path):
+    """A nightly report reads a table and thumbnails (the reference reader, no model): it must not
+    pay PyTorch's import (2 CPU-s, 500 MB)."""
+    page = tmp_path / "report.html"
+    code = ("import sys\nfrom dcx.report.cli import main\ntry:\n    main(sys.argv[1:])\n"
+            "except SystemExit as exc:\n    print('exit', exc.code, 'torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(screened), "--heatmaps", str(screened.parent / "heat"),
+                           "--out", str(page)], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.splitlines()[-1] == "exit 0 False", (proc.stdout[-500:], proc.stderr[-500:])
+    assert "<img src=\"data:image/jpeg;base64," in page.read_text(encoding="utf-8")  # thumbnails, read by core.reader
 
 
 def test_report_without_validation_distribution_or_ood_columns_says_so(screened, tmp_path):

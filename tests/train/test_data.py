@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dcx.train.data import (EpochSampler, ImageDataset, Sample, Unreadable, check_trainable, collate_skipping, data_fingerprint,
-                            read_samples, split_samples, write_manifest)
+from dcx.train.data import Sample, check_trainable, data_fingerprint, read_samples, split_samples, write_manifest
+from dcx.train.loading import EpochSampler, ImageDataset, Unreadable, collate_skipping
 from dcx.core.errors import DcxError
 from dcx.core.preprocess import Preprocess
 from dcx.core.reader import read_unit_gray

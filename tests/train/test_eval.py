@@ -11,7 +11,8 @@ from PIL import Image
 
 from conftest import invoke
 from dcx.core import metrics
-from dcx.core.card import build_model, ModelCard
+from dcx.core.card import ModelCard
+from dcx.core.checkpoint import build_model
 from dcx.core.errors import DcxError
 from dcx.train.evaluate import summarize, sweep_markdown
 from dcx.core.files import write_json
@@ -153,7 +154,7 @@ def test_eval_probabilities_equal_the_model_on_the_contract(test_eval, trained_c
     """Inference path check: same numbers as create_model + load_state_dict + the preprocessing contract."""
     import torch
 
-    from dcx.core.card import load_checkpoint
+    from dcx.core.checkpoint import load_checkpoint
     from dcx.core.models import create_model
     from dcx.core.reader import read_unit_gray
 

@@ -13,7 +13,7 @@ import torch
 
 from dcx.benchmarks.cli import main as bench
 from dcx.benchmarks.ood_eval import FAMILIES, evaluate
-from dcx.core.card import load_checkpoint, load_model, save_checkpoint
+from dcx.core.checkpoint import load_checkpoint, load_model, save_checkpoint
 from dcx.train.data import read_samples
 from dcx.train.ood_cli import main as fit_ood_cli
 from dcx.train.ood import DEFAULT_REJECTION_RATE

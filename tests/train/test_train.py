@@ -10,7 +10,8 @@ import torch
 
 from conftest import invoke
 from dcx.train import trainer
-from dcx.core.card import build_model, ModelCard, load_checkpoint, save_checkpoint
+from dcx.core.card import ModelCard
+from dcx.core.checkpoint import build_model, load_checkpoint, save_checkpoint
 from dcx.train.data import read_samples
 from dcx.core.metrics import operating_point
 from dcx.core.models import create_model, list_models
