@@ -1,4 +1,7 @@
-"""``dcx-bench``: throughput against the peer baseline, model-only ceilings, accuracy parity."""
+"""``dcx-bench``: throughput against the peer baseline, model-only ceilings, accuracy parity.
+
+Each subcommand imports its benchmark's module when it runs: they load PyTorch, and ``--help``
+should not wait 4 s for it."""
 from __future__ import annotations
 
 import json
@@ -10,19 +13,12 @@ from pathlib import Path
 import click
 
 from dcx.core.errors import DcxError, Group
-from dcx.core.models import list_models
 from dcx.core.progress import clock
+from dcx.core.registry import list_models
 from dcx.train.data import read_samples
 
-from . import arch_cost
-from . import gpu_check as gc
 from . import report as rep
 from .archive import MODES, replicate
-from .ood_eval import evaluate as evaluate_ood, markdown as ood_markdown
-from .model_bench import bench_model_files, expand_engines, markdown as model_markdown
-from .parity import markdown as parity_markdown, measure_parity, plot_roc, write_per_image
-from .peer_baseline import run_peer
-from .throughput import markdown as throughput_markdown, measure_throughput
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_PARITY_FAILED = 1
@@ -111,6 +107,8 @@ def throughput(engine, data, repeat, warmup, batch_size, limit, peer, parity, re
       dcx-bench throughput --engine runs/r18/resnet18-fp32.onnx --data ../shared/data/cxr-dev
       dcx-bench throughput --engine m.onnx --data /tmp/archive-10k --no-peer --repeat 1 --no-warmup
     """
+    from .throughput import markdown as throughput_markdown, measure_throughput
+
     rep.check_writable(out, markdown, force=force)
     with _workdir(workdir) as folder:
         report = measure_throughput(engine, data, folder, repeat=repeat, warmup=warmup, batch_size=batch_size,
@@ -145,6 +143,8 @@ def model(engines, batch_sizes, size, warmup, repeat, out, markdown, force):
       dcx-bench model --engine runs/r18/                  # fp32, fp16, int8 ONNX and best.pt
       dcx-bench model --engine m.onnx --batch-sizes 1,32 --repeat 20
     """
+    from .model_bench import bench_model_files, expand_engines, markdown as model_markdown
+
     rep.check_writable(out, markdown, force=force)
     machine = rep.machine()
     paths = expand_engines(engines)
@@ -176,6 +176,8 @@ def archs(archs, size, batch_size, repeat, out, markdown, force):
       dcx-bench archs
       dcx-bench archs --archs resnet18,mobilenet_v2 --size 224 --batch-size 16 --repeat 10
     """
+    from . import arch_cost
+
     names = [a.strip() for a in archs.split(",") if a.strip()]
     unknown = sorted(set(names) - set(list_models()))
     if unknown:
@@ -227,6 +229,8 @@ def parity(reference, engine, data, tolerance, min_agreement, max_delta_p, decom
           --data ../shared/data/cxr-dev --max-delta-p 1e-4
       dcx-bench parity --reference best.pt --engine resnet18-int8.onnx --data test.csv --out parity-int8/
     """
+    from .parity import markdown as parity_markdown, measure_parity, plot_roc, write_per_image
+
     out_dir = out_dir or Path(f"parity-{engine.name}")
     files = [out_dir / n for n in ("parity.json", "parity.md", "roc.png", "per_image.csv")]
     rep.check_writable(*files, force=force)
@@ -262,6 +266,8 @@ def peer(reference, files_from, batch_size, workers, out):
       find ../shared/data/cxr-dev -name '*.png' > files.txt
       dcx-bench peer --reference runs/r18/best.pt --files-from files.txt
     """
+    from .peer_baseline import run_peer
+
     files = [line.rstrip("\n") for line in open(files_from, encoding="utf-8") if line.strip()]
     if not files:
         raise DcxError(f"{files_from} lists no files")
@@ -328,6 +334,8 @@ def gpu_check(out, e2e_files, only, force):
     rest still runs (18-27 s of CPU time on the 2-core development machine). Exit status: 0 when
     nothing failed, 1 otherwise.
     """
+    from . import gpu_check as gc
+
     names = [c.__name__ for c in gc.CHECKS]
     unknown = [n for n in only if n not in names]
     if unknown:
@@ -358,6 +366,8 @@ def ood(checkpoint, data, n, seed, out, markdown, force):
     Example:
       dcx-bench ood runs/r18/best.pt --data runs/r18/splits/test.csv --markdown ood.md
     """
+    from .ood_eval import evaluate as evaluate_ood, markdown as ood_markdown
+
     rep.check_writable(out, markdown, force=force)
     report = {"kind": "ood", "created": rep.stamp(), "machine": rep.machine(),
               **evaluate_ood(checkpoint, [s.path for s in read_samples(data)], n=n, seed=seed)}

@@ -7,7 +7,8 @@
 - ``formats``    file formats by magic bytes
 - ``dicom``      DICOM header rules and the pixel transform
 - ``reader``     the reference reader: any supported file as unit gray
-- ``models``     the model registry (DcxNet: probabilities and CAM from one forward pass)
+- ``registry``   the architectures dcx trains, as data (names, weights, where the trunk ends)
+- ``models``     DcxNet, built from the registry: probabilities, CAM and OOD score from one forward pass
 - ``card``       the model card (JSON; needs no PyTorch)
 - ``checkpoint`` the checkpoint file and the one checkpoint-to-model loader
 - ``artefact``   what travels with an exported model: tensor names, sidecar, plan compatibility

@@ -1,5 +1,5 @@
-"""Model registry: Deep-COVID's four backbones and Apostolopoulos & Mpesiana's two best
-(MobileNet v2, VGG19), each as a :class:`DcxNet`.
+"""The models of the registry's architectures (:mod:`dcx.core.registry`: Deep-COVID's four
+backbones and Apostolopoulos & Mpesiana's two best, MobileNet v2 and VGG19), each as a :class:`DcxNet`.
 
 Every architecture is split into ``features`` (last convolutional map) and a ``head`` that
 turns features into per-class *maps*; logits are the spatial mean of those maps. That one
@@ -19,34 +19,13 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import DcxError
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """What the registry knows of an architecture (timm's default_cfg, in small). ``name`` is
-    also its torchvision constructor and ``weights`` its ImageNet weights enum member."""
-
-    name: str
-    weights: str  # e.g. "ResNet18_Weights.IMAGENET1K_V1"
-    feature_channels: int
-    features: Callable[[nn.Module], nn.Module]
-
-    def build(self, **kwargs) -> nn.Module:
-        return getattr(_torchvision_models(), self.name)(**kwargs)
-
-    @property
-    def weights_enum(self):
-        enum, member = self.weights.split(".")
-        return getattr(getattr(_torchvision_models(), enum), member)
+from .registry import ArchSpec, arch_spec
 
 
 def _torchvision_models():
@@ -58,16 +37,10 @@ def _torchvision_models():
     return torchvision.models
 
 
-_REGISTRY: dict[str, ArchSpec] = {}
-
-
-def register_model(spec: ArchSpec) -> ArchSpec:
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+def weights_enum(spec: ArchSpec):
+    """The torchvision weights enum member ``spec.weights`` names (its URL and metadata)."""
+    enum, member = spec.weights.split(".")
+    return getattr(getattr(_torchvision_models(), enum), member)
 
 
 class _DenseNetFeatures(nn.Sequential):
@@ -77,17 +50,11 @@ class _DenseNetFeatures(nn.Sequential):
         return F.relu(super().forward(x))
 
 
-def _resnet_features(m):
-    return nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3, m.layer4)
-
-
-register_model(ArchSpec("resnet18", "ResNet18_Weights.IMAGENET1K_V1", 512, _resnet_features))
-register_model(ArchSpec("resnet50", "ResNet50_Weights.IMAGENET1K_V2", 2048, _resnet_features))
-register_model(ArchSpec("squeezenet1_1", "SqueezeNet1_1_Weights.IMAGENET1K_V1", 512, lambda m: m.features))
-register_model(ArchSpec("densenet121", "DenseNet121_Weights.IMAGENET1K_V1", 1024,
-                        lambda m: _DenseNetFeatures(*m.features)))
-register_model(ArchSpec("mobilenet_v2", "MobileNet_V2_Weights.IMAGENET1K_V1", 1280, lambda m: m.features))
-register_model(ArchSpec("vgg19", "VGG19_Weights.IMAGENET1K_V1", 512, lambda m: m.features))
+def _trunk(spec: ArchSpec, backbone: nn.Module) -> nn.Module:
+    """The backbone's convolutional trunk as the registry describes it (its modules, not copies)."""
+    parts = [getattr(backbone, name) for name in spec.trunk]
+    trunk = parts[0] if len(parts) == 1 else nn.Sequential(*parts)
+    return _DenseNetFeatures(*trunk) if spec.relu_after_trunk else trunk
 
 
 class GrayStem(nn.Module):
@@ -238,15 +205,13 @@ def create_model(arch: str, num_classes: int, *, weights: str = "none", mean: tu
     A local file holds torchvision ImageNet weights: air-gapped sites copy the file that
     ``imagenet`` would download.
     """
-    if arch not in _REGISTRY:
-        raise DcxError(f"unknown architecture {arch!r}; choose from {', '.join(list_models())}")
-    spec = _REGISTRY[arch]
-    backbone = spec.build(weights=None)
+    spec = arch_spec(arch)
+    backbone = getattr(_torchvision_models(), spec.name)(weights=None)
     if weights == "imagenet":
         backbone.load_state_dict(_download_imagenet(spec))
     elif weights not in ("none", None):
         _load_local_weights(backbone, spec, weights)
-    return DcxNet(arch, spec.features(backbone), spec.feature_channels, num_classes, mean=mean, std=std)
+    return DcxNet(arch, _trunk(spec, backbone), spec.feature_channels, num_classes, mean=mean, std=std)
 
 
 def model_cost(arch: str, size: int = 224, num_classes: int = 3) -> dict:
@@ -264,12 +229,12 @@ def model_cost(arch: str, size: int = 224, num_classes: int = 3) -> dict:
 
 def _download_imagenet(spec: ArchSpec) -> dict:
     try:
-        return spec.weights_enum.get_state_dict(progress=False, check_hash=True)
+        return weights_enum(spec).get_state_dict(progress=False, check_hash=True)
     except Exception as exc:
         home = os.environ.get("TORCH_HOME", "~/.cache/torch")
         raise DcxError(
             f"cannot load ImageNet weights for {spec.name} ({type(exc).__name__}); offline? "
-            f"put {spec.weights_enum.url.rsplit('/', 1)[-1]} under $TORCH_HOME/hub/checkpoints "
+            f"put {weights_enum(spec).url.rsplit('/', 1)[-1]} under $TORCH_HOME/hub/checkpoints "
             f"(TORCH_HOME={home}) or pass --weights PATH to a local weights file"
         ) from exc
 

@@ -28,8 +28,12 @@ LAZY_BACKENDS = {f"engine.backends.{name}_backend" for name in ("tensorrt", "onn
 LAZY_IN_COMMAND = {
     "engine/cli.py": {"engine.run", "engine.scoring", "engine.ray_runner", "engine.backends"},
     "export/cli.py": {"export.pipeline"},
+    "train/train_cli.py": {"core.checkpoint", "train.folds", "train.trainer"},
     "train/eval_cli.py": {"core.checkpoint", "train.evaluate", "train.plots"},
+    "train/ood_cli.py": {"core.checkpoint", "train.ood"},
     "train/calibrate_cli.py": {"core.checkpoint", "train.evaluate"},
+    "benchmarks/cli.py": {f"benchmarks.{name}" for name in ("throughput", "model_bench", "arch_cost", "parity",
+                                                            "peer_baseline", "gpu_check", "ood_eval")},
 }
 MODULES = sorted(p for layer in ALLOWED for p in (ROOT / layer).rglob("*.py"))
 

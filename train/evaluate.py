@@ -23,7 +23,8 @@ from dcx.core.devices import torch_device
 from dcx.core.errors import DcxError
 
 from .loading import ImageDataset, collate_skipping
-from .trainer import default_workers, predict
+from .config import default_workers
+from .trainer import predict
 
 #: The Deep-COVID paper's sweep; :func:`summarize` adds the card's own threshold.
 SWEEP_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)

@@ -29,7 +29,8 @@ from dcx.core.files import atomic_path, write_json
 
 from .data import Sample, assign_folds, read_samples, write_manifest
 from .evaluate import predict_samples, summarize
-from .trainer import BEST, LAST, TrainConfig, train
+from .config import TrainConfig
+from .trainer import BEST, LAST, train
 
 PLAN, CONFIG, SUMMARY, FOLD_METRICS = "folds.csv", "folds-config.json", "folds.json", "fold-metrics.json"
 REPORTED = ("auc", "sensitivity", "specificity")

@@ -27,13 +27,13 @@ from torch.utils.data import DataLoader
 from dcx.core.errors import DcxError
 from dcx.core.models import DcxNet
 
+from .config import DEFAULT_REJECTION_RATE
 from .data import Sample
 from .loading import ImageDataset, collate_skipping
 from .presets import EvalPreset
 
 METHOD = "mahalanobis, class-conditional gaussians, shared covariance (ledoit-wolf shrinkage)"
 FEATURE_LAYER = "spatial mean of DcxNet.features (input of the 1x1 head)"
-DEFAULT_REJECTION_RATE = 0.02
 
 
 @torch.no_grad()

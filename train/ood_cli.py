@@ -5,13 +5,12 @@ from pathlib import Path
 
 import click
 
-from dcx.core.checkpoint import build_model, load_checkpoint, save_checkpoint
 from dcx.core.devices import DEVICE_CHOICES, check_device, torch_device
 from dcx.core.errors import Command, DcxError
 from dcx.core.files import write_json
 
+from .config import DEFAULT_REJECTION_RATE
 from .data import read_samples
-from .ood import DEFAULT_REJECTION_RATE, fit_ood
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -34,6 +33,10 @@ def main(checkpoint, train_split, val_split, rejection_rate, out, batch_size, de
     Example (a run folder of dcx-train, made before the OOD score existed):
       dcx-fit-ood runs/dn121/best.pt && dcx-export runs/dn121/best.pt --out m.onnx
     """
+    from dcx.core.checkpoint import build_model, load_checkpoint, save_checkpoint  # PyTorch: loaded for work
+
+    from .ood import fit_ood
+
     checkpoint = Path(checkpoint)
     card, state_dict, _ = load_checkpoint(checkpoint)
     splits = checkpoint.parent / "splits"

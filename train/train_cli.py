@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import click
 
-from dcx.core.checkpoint import load_checkpoint
 from dcx.core.devices import DEVICE_CHOICES, check_device
 from dcx.core.errors import Command, DcxError
-from dcx.core.models import list_models
+from dcx.core.registry import list_models
 
-from . import folds as folds_mod
-from .trainer import TrainConfig, TrainingInterrupted, default_workers, train
+from .config import TrainConfig, default_workers
 
 _DEFAULTS = TrainConfig(data="", out="")
 
@@ -78,6 +76,12 @@ def main(data, out, resume, force, folds, **options):
     if not resume and not data:
         raise DcxError("--data is required (or --resume to continue the run in --out)")
     config = TrainConfig(data=data or "", out=out, **options)
+    # PyTorch: loaded once the command line is checked
+    from dcx.core.checkpoint import load_checkpoint
+
+    from . import folds as folds_mod
+    from .trainer import TrainingInterrupted, train
+
     try:
         if folds or (resume and folds_mod.is_folds_run(out)):
             summary = folds_mod.train_folds(config, folds, resume=resume, force=force)

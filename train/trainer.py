@@ -23,7 +23,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import click
@@ -38,51 +38,22 @@ from dcx.core.checkpoint import load_checkpoint, save_checkpoint
 from dcx.core.devices import torch_device
 from dcx.core.progress import Progress
 
+from .config import TrainConfig, default_workers
 from .data import (SPLITS, Sample, check_trainable, class_counts, data_fingerprint, inverse_frequency_weights,
                    read_samples, split_samples, write_manifest)
 from .loading import EpochSampler, ImageDataset, collate_skipping
 from dcx.core.errors import DcxError
 from dcx.core.files import usable_cores, write_json
 from dcx.core.models import create_model
-from .ood import DEFAULT_REJECTION_RATE, fit_ood
+from .ood import fit_ood
 from .presets import EvalPreset, TrainPreset
 
 BEST, LAST, CARD, HISTORY, LOG, SPLITS_DIR = "best.pt", "last.pt", "card.json", "history.jsonl", "train.log", "splits"
 RUN_ARTEFACTS = (BEST, LAST, CARD, HISTORY, LOG, SPLITS_DIR)
 
 
-@dataclass
-class TrainConfig:
-    """Everything that defines a run; stored in last.pt so --resume continues the same run."""
-
-    data: str
-    out: str
-    arch: str = "densenet121"
-    epochs: int = 20
-    batch_size: int = 16
-    lr: float | None = None  # None: 1e-4 to fine-tune pretrained weights, 1e-3 from scratch
-    img_size: int = 224
-    weights: str = "imagenet"
-    freeze_backbone: bool = False
-    positive: str = "covid"
-    threshold_policy: str = "sensitivity"
-    target_sensitivity: float = 0.98
-    #: Share of validation images the OOD threshold marks out of distribution (dcx.train.ood).
-    ood_rejection_rate: float = DEFAULT_REJECTION_RATE
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    seed: int = 0
-    workers: int | None = None  # machine-specific: not taken from a resumed run
-    device: str = "auto"        # likewise
-
-
 class TrainingInterrupted(Exception):
     """Ctrl-C during training; last.pt holds the state, the message (already logged) says how to resume."""
-
-
-def default_workers() -> int:
-    """Image loader processes: one per core, at most 4."""
-    return min(4, usable_cores())
 
 
 def train(config: TrainConfig, *, resume: bool = False, force: bool = False) -> Path:

@@ -9,7 +9,8 @@ from dcx.core.card import ModelCard
 
 from dcx.core.checkpoint import load_checkpoint, save_checkpoint
 from dcx.core.errors import DcxError
-from dcx.core.models import create_model, list_models
+from dcx.core.models import create_model
+from dcx.core.registry import list_models
 
 
 def test_registry_lists_both_papers_architectures():
@@ -109,10 +110,11 @@ def test_card_refuses_a_positive_class_it_does_not_have():
 def test_model_cost_agrees_with_torchvision_published_operations(arch):
     """torchvision's weights metadata states GFLOPS as multiply-adds of the ImageNet model; ours
     replaces the ImageNet classifier by a 3-class 1x1 head, a fraction of a percent of the cost."""
-    from dcx.core.models import _REGISTRY, model_cost
+    from dcx.core.models import model_cost, weights_enum
+    from dcx.core.registry import arch_spec
 
     cost = model_cost(arch, 224)
-    published = _REGISTRY[arch].weights_enum.meta["_ops"]
+    published = weights_enum(arch_spec(arch)).meta["_ops"]
     assert cost["gflops"] / 2 == pytest.approx(published, rel=0.02)
     model = create_model(arch, 3)
     assert cost["params"] == sum(p.numel() for p in model.parameters())

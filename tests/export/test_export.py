@@ -21,7 +21,8 @@ from dcx.core.artefact import CARD_KEY, read_card, read_precision, sidecar_path
 from dcx.core.card import ModelCard
 from dcx.core.checkpoint import load_checkpoint, save_checkpoint
 from dcx.core.errors import DcxError
-from dcx.core.models import create_model, list_models
+from dcx.core.models import create_model
+from dcx.core.registry import list_models
 from dcx.core.reader import read_unit_gray
 from dcx.export.cli import main
 from dcx.export.pipeline import calibration_manifest_path, load_model

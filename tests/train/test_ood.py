@@ -16,7 +16,7 @@ from dcx.benchmarks.ood_eval import FAMILIES, evaluate
 from dcx.core.checkpoint import load_checkpoint, load_model, save_checkpoint
 from dcx.train.data import read_samples
 from dcx.train.ood_cli import main as fit_ood_cli
-from dcx.train.ood import DEFAULT_REJECTION_RATE
+from dcx.train.config import DEFAULT_REJECTION_RATE
 
 from conftest import invoke
 

@@ -14,7 +14,8 @@ from dcx.core.card import ModelCard
 from dcx.core.checkpoint import build_model, load_checkpoint, save_checkpoint
 from dcx.train.data import read_samples
 from dcx.core.metrics import operating_point
-from dcx.core.models import create_model, list_models
+from dcx.core.models import create_model
+from dcx.core.registry import list_models
 from dcx.train.train_cli import main
 from test_data import write_png
 
