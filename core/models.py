@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import os
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
