@@ -52,7 +52,7 @@ def _default_decode_threads() -> int:
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("archive", required=False)
-@click.option("--engine", "engine", required=True, type=click.Path(path_type=Path),
+@click.option("--engine", "engine", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Model file: .plan/.engine (TensorRT), .onnx (ONNX Runtime, or OpenVINO when exported with "
                    "--target openvino) or .pt (dcx-train checkpoint).")
 @click.option("--out", "out", type=click.Path(path_type=Path),

@@ -70,7 +70,8 @@ def newest_checkpoint(root: Path) -> Path:
 
 
 @click.command(cls=Command, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.argument("source", metavar="[CKPT|MODEL.onnx]", required=False, type=click.Path(path_type=Path))
+@click.argument("source", metavar="[CKPT|MODEL.onnx]", required=False,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--precision", type=click.Choice(PRECISIONS),
               help="Graph precision (required for a checkpoint; an ONNX input keeps its own).")
 @click.option("--calib", type=click.Path(path_type=Path),

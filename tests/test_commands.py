@@ -1,4 +1,4 @@
-"""Every command answers ``--help`` at once: PyTorch (2 s, 500 MB to import) loads only for work.
+"""Every command answers ``--help`` and a mistyped model path at once: PyTorch (2 s, 500 MB to import) loads only for work.
 
 A command module imports its work's modules inside the command, after checking its command
 line (tests/test_layering.py lists them); the options' choices and defaults come from modules
@@ -39,3 +39,18 @@ def test_help_answers_without_loading_torch(name, args):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "Usage:" in proc.stdout, proc.stderr
     assert proc.stdout.splitlines()[-1] == "exit 0 False", (name, proc.stdout[-300:], proc.stderr[-500:])
+
+
+MISSING_MODEL = [("dcx-infer", ["--engine", "nope.onnx", "."]), ("dcx-export", ["nope.pt", "--precision", "fp32"]),
+                 ("dcx-eval", ["nope.pt", "--data", ".", "--out", "e"]), ("dcx-fit-ood", ["nope.pt"]),
+                 ("dcx-calibrate", ["nope.pt", "--data", ".", "--out", "s.json"])]
+
+
+@pytest.mark.parametrize("name, args", MISSING_MODEL, ids=[name for name, _ in MISSING_MODEL])
+def test_a_missing_model_file_is_a_usage_error_before_torch_loads(name, args, tmp_path):
+    """The commonest mistake, a mistyped model path, answers at once (exit 2), not after 3-5 s."""
+    code = (f"import sys\nfrom {console_scripts()[name]} import main\ntry:\n    main({args!r}, prog_name={name!r})\n"
+            "except SystemExit as exc:\n    print('exit', exc.code, 'torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert "nope" in proc.stderr and "does not exist" in proc.stderr, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "exit 2 False", (name, proc.stdout[-300:], proc.stderr[-500:])

@@ -13,7 +13,7 @@ from .data import data_fingerprint, read_samples
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.option("--data", required=True, help="The site's labelled images: class folders or a CSV manifest "
                                             "(path,label[,split][,patient_id]), as dcx-eval takes.")
 @click.option("--target-sensitivity", type=float, help="Highest threshold whose sensitivity on the sample is "

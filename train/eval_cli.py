@@ -15,7 +15,7 @@ OUTPUTS = ("metrics.json", "threshold_sweep.md", "predictions.csv", "roc.png", "
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option("--data", required=True, help="Class folders, a CSV manifest (path,label[,split][,patient_id]) "
                                             "or a training run's splits/test.csv.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the results.")

@@ -14,7 +14,7 @@ from .data import read_samples
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option("--train", "train_split", type=click.Path(dir_okay=False),
               help="Training split manifest [default: splits/train.csv beside CHECKPOINT].")
 @click.option("--val", "val_split", type=click.Path(dir_okay=False),

@@ -256,8 +256,10 @@ def test_help_and_usage_errors_answer_without_loading_torch(tmp_path):
             "    main(sys.argv[1:])\n"
             "except SystemExit as exc:\n"
             "    print('exit', exc.code, 'torch' in sys.modules)\n")
-    cases = ((["--help"], 0), (["--engine", "m.onnx"], 2), (["--engine", "m.onnx", tmp_path / "nope"], 1),
-             (["--engine", "m.onnx", tmp_path, "--ray", "not an address"], 2))
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"not read before the command line is checked")
+    cases = ((["--help"], 0), (["--engine", model], 2), (["--engine", tmp_path / "nope.onnx", tmp_path], 2),
+             (["--engine", model, tmp_path / "nope"], 1), (["--engine", model, tmp_path, "--ray", "not an address"], 2))
     for args, exit_code in cases:
         proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
         assert proc.stdout.splitlines()[-1] == f"exit {exit_code} False", (args, proc.stdout, proc.stderr)

@@ -390,7 +390,8 @@ def test_bad_inputs_get_one_line_errors(tmp_path):
     assert "not a readable checkpoint" in _error([tmp_path / "corrupt.pt", "--precision", "fp32"])
     assert "not a dcx checkpoint" in _error([tmp_path / "foreign.pt", "--precision", "fp32"])
     assert "do not fit a resnet18" in _error([mismatched, "--precision", "fp32"])
-    assert "checkpoint not found" in _error([tmp_path / "nothing.pt", "--precision", "fp32"])
+    missing = invoke(main, [tmp_path / "nothing.pt", "--precision", "fp32"], expect_exit=2).output  # before PyTorch loads
+    assert "nothing.pt' does not exist" in missing and "Traceback" not in missing
     assert "data not found" in _error([good, "--precision", "int8", "--calib", tmp_path / "no-such-dir",
                                        "--out", tmp_path / "q.onnx"])
     assert "needs training images" in _error([good, "--precision", "int8", "--out", tmp_path / "q.onnx"])

@@ -202,8 +202,9 @@ def test_eval_user_mistakes_are_one_line_errors(trained_run, synth_archive, tmp_
         ([ckpt, "--data", foreign, "--out", tmp_path / "a"], "tuberculosis"),
         ([ckpt, "--data", synth_archive, "--split", "test", "--out", tmp_path / "b"], "no split column"),
         ([ckpt, "--data", test_csv, "--split", "val", "--out", tmp_path / "c"], "no rows of that split"),
-        ([tmp_path / "missing.pt", "--data", test_csv, "--out", tmp_path / "d"], "checkpoint not found"),
     ]
+    missing = invoke(main, [tmp_path / "missing.pt", "--data", test_csv, "--out", tmp_path / "d"], expect_exit=2)
+    assert "missing.pt' does not exist" in missing.output  # a usage error, before PyTorch loads
     for args, message in cases:
         result = invoke(main, args, expect_exit=1)
         assert result.output.startswith("Error:") and message in result.output, result.output
