@@ -1,4 +1,5 @@
-"""Every command answers ``--help`` and a mistyped model path at once: PyTorch (2 s, 500 MB to import) loads only for work.
+"""Every command answers ``--help`` and a mistyped model path at once: PyTorch (2 s, 500 MB to
+import) loads only for work.
 
 A command module imports its work's modules inside the command, after checking its command
 line (tests/test_layering.py lists them); the options' choices and defaults come from modules
