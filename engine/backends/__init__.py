@@ -53,10 +53,7 @@ def open_backend(path: str | os.PathLike, *, device: str = "auto", threads: int 
     or a backend this machine cannot run.
     """
     path = Path(path)
-    kind = BACKEND_BY_SUFFIX.get(path.suffix.lower())
-    if kind is None:
-        raise DcxError(f"cannot tell the backend of {path.name}: expected a model file ending in "
-                       f"{', '.join(BACKEND_BY_SUFFIX)} (TensorRT plan, ONNX, dcx-train checkpoint)")
+    kind = _backend_kind(path)
     if not path.is_file():
         raise DcxError(f"model file not found: {path}")
     device = check_device(device)
@@ -73,10 +70,19 @@ def open_backend(path: str | os.PathLike, *, device: str = "auto", threads: int 
     return cls(path, device=device, threads=threads)
 
 
+def _backend_kind(path: Path) -> str:
+    """Which backend serves the model file at ``path``, by its suffix; one line for any other file."""
+    kind = BACKEND_BY_SUFFIX.get(path.suffix.lower())
+    if kind is None:
+        raise DcxError(f"cannot tell the backend of {path.name}: expected a model file ending in "
+                       f"{', '.join(BACKEND_BY_SUFFIX)} (TensorRT plan, ONNX, dcx-train checkpoint)")
+    return kind
+
+
 def read_engine_card(path: str | os.PathLike):
     """The :class:`~dcx.core.card.ModelCard` of a model file without loading the model (a
     Ray driver or a benchmark may have no GPU for a plan): a checkpoint's own, else the
     export sidecar's or ONNX metadata's."""
-    if Path(path).suffix.lower() == ".pt":
+    if _backend_kind(Path(path)) == "pytorch":
         return load_checkpoint(path)[0]
     return read_card(path)

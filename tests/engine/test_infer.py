@@ -244,8 +244,10 @@ def test_default_output_is_named_after_the_archive(trained_checkpoint, archive, 
 def test_usage_errors(trained_checkpoint, archive, tmp_path):
     assert "ARCHIVE" in invoke(main, ["--engine", trained_checkpoint], expect_exit=2).output
     assert "archive not found" in invoke(main, ["--engine", trained_checkpoint, tmp_path / "nope"], expect_exit=1).output
+    (tmp_path / "model.bin").write_bytes(b"no model dcx knows")
     bad = invoke(main, ["--engine", tmp_path / "model.bin", archive, "--out", tmp_path / "r.csv"], expect_exit=1)
-    assert "Traceback" not in bad.output and not (tmp_path / "r.csv").exists()
+    assert "cannot tell the backend of model.bin" in bad.output and "Traceback" not in bad.output
+    assert not (tmp_path / "r.csv").exists()
 
 
 def test_help_and_usage_errors_answer_without_loading_torch(tmp_path):
