@@ -44,10 +44,13 @@ def overlay_heatmap(image, cam, *, alpha: float = 0.45, colormap: str = DEFAULT_
     if gray.ndim != 2 or cam.ndim != 2:
         raise ValueError(f"expected image (1, H, W) or (H, W) and cam (h, w), got {tuple(gray.shape)} and {tuple(cam.shape)}")
     heat = normalised_cam(cam, tuple(gray.shape))
-    colours = _colour_table(colormap)[np.rint(heat * 255).astype(np.uint8)]  # (H, W, 3) in [0, 1]
-    base = gray.clamp(0, 1).numpy()[..., None]
-    blended = (1.0 - alpha) * base + alpha * colours
-    return np.rint(blended * 255).astype(np.uint8)
+    # ((1 - alpha) * gray + alpha * colour) * 255 to the bit, in place: 0.76 ms a 224 px map
+    # instead of 3.3 (np.take instead of fancy indexing, no temporaries; benchmarks/README.md)
+    blended = np.take(_colour_table(colormap), np.rint(heat * 255).astype(np.uint8), axis=0)  # (H, W, 3)
+    blended *= alpha
+    blended += (1.0 - alpha) * gray.clamp(0, 1).numpy()[..., None]
+    blended *= 255
+    return np.rint(blended, out=blended).astype(np.uint8)
 
 
 def normalised_cam(cam: torch.Tensor, size: tuple[int, int]) -> np.ndarray:

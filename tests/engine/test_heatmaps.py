@@ -76,3 +76,18 @@ def test_bad_arguments_are_refused():
         overlay_heatmap(image, cam, colormap="no-such-map")
     with pytest.raises(ValueError, match="expected image"):
         overlay_heatmap(np.zeros((3, S, S)), cam)
+
+
+def test_the_blend_is_the_plain_formula_to_the_bit_and_leaves_the_colour_table_alone():
+    """overlay_heatmap blends in place for speed: same bytes as the textbook expression, and the
+    cached colour table it starts from is not written to."""
+    from dcx.engine.heatmaps import _colour_table
+
+    table = _colour_table("jet").copy()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        image, cam = torch.rand(S, S, generator=g), torch.randn(7, 7, generator=g)
+        colours = table[np.rint(normalised_cam(cam, (S, S)) * 255).astype(np.uint8)]
+        plain = np.rint(((1.0 - 0.45) * image.numpy()[..., None] + 0.45 * colours) * 255).astype(np.uint8)
+        np.testing.assert_array_equal(overlay_heatmap(image, cam, alpha=0.45), plain)
+    np.testing.assert_array_equal(_colour_table("jet"), table)
