@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from dcx.core.card import ModelCard
-
 from dcx.core.checkpoint import save_checkpoint
 from dcx.core.models import create_model, model_cost
 from dcx.export.pipeline import ExportRequest, run_export

@@ -25,7 +25,6 @@ from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
 from dcx.core.card import ModelCard
-
 from dcx.core.checkpoint import load_model
 from dcx.core.files import usable_cores
 from dcx.core.preprocess import letterbox_geometry

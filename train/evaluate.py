@@ -22,8 +22,8 @@ from dcx.core.checkpoint import build_model
 from dcx.core.devices import torch_device
 from dcx.core.errors import DcxError
 
-from .loading import ImageDataset, collate_skipping
 from .config import default_workers
+from .loading import ImageDataset, collate_skipping
 from .trainer import predict
 
 #: The Deep-COVID paper's sweep; :func:`summarize` adds the card's own threshold.
