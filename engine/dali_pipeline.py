@@ -49,6 +49,7 @@ import torch
 
 from dcx.core.preprocess import LUMA_WEIGHTS, letterbox, letterbox_geometry
 
+from .dali_import import import_dali
 from .stage_clock import StageClock
 
 #: The stages a pipeline's :class:`StageClock` counts: building it, feeding and copying out
@@ -98,6 +99,7 @@ def letterbox_pipeline(kind: str, gpu: bool, size: int, pad_value: float = 0.0, 
     """Build the pipeline for ``kind`` on the CPU or GPU (``pipeline_args``: batch_size,
     num_threads, device_id, ...). Outputs: images (S, S, 1) float32 and decoded sizes (H, W[, C]);
     without ``resize``, the decoded images themselves (H, W, C; uint8 or uint16)."""
+    import_dali()
     from nvidia.dali import fn, pipeline_def, types
     import nvidia.dali.math as dmath
 

@@ -60,7 +60,8 @@ from dcx.core.reasons import clean_text, exception_reason
 from dcx.core.resize import resize_antialiased
 
 from . import codec_rules, integrity
-from .dali_pipeline import CLOCK_STAGES, KINDS, BatchFailed, Sample, LetterboxPipeline
+from .dali_import import import_dali
+from .dali_pipeline import CLOCK_STAGES, KINDS, BatchFailed, LetterboxPipeline, Sample
 from .stage_clock import StageClock
 
 # nvImageCodec's header parser and OpenCV's JPEG 2000 reader (both inside DALI) log every odd
@@ -147,8 +148,10 @@ class Decoder:
             raise DcxError("on the GPU the letterbox resize runs in DALI (dali_resize must not be False)")
         if batch_size < 1 or num_threads < 1:
             raise DcxError("batch size and decode threads must be at least 1")
-        if not module_available("nvidia.dali"):  # fail here, with advice, not mid-run
-            raise DcxError("DALI is not installed: pip install nvidia-dali-cuda130")
+        try:  # here, with advice, not mid-run
+            import_dali()
+        except ImportError:
+            raise DcxError("DALI is not installed: pip install nvidia-dali-cuda130") from None
         self.preprocess, self.device = preprocess, device
         self.num_threads = num_threads
         self.dali_batch = batch_size if device == "gpu" else min(batch_size, CPU_DALI_BATCH)
