@@ -55,3 +55,13 @@ def test_a_missing_model_file_is_a_usage_error_before_torch_loads(name, args, tm
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert "nope" in proc.stderr and "does not exist" in proc.stderr, proc.stderr
     assert proc.stdout.splitlines()[-1] == "exit 2 False", (name, proc.stdout[-300:], proc.stderr[-500:])
+
+
+@pytest.mark.parametrize("name", sorted(console_scripts()))
+def test_a_command_ends_without_the_last_garbage_collection(name):
+    """dcx.core.errors.skip_final_collection: the objects are hidden from the collector by the time
+    the exit handlers registered before the command (run after its own) see them."""
+    code = (f"import atexit, gc\natexit.register(lambda: print('frozen', gc.get_freeze_count() > 0))\n"
+            f"from {console_scripts()[name]} import main\nmain(['--help'], prog_name={name!r})\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "frozen True", proc.stderr[-2000:]
