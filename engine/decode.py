@@ -150,8 +150,8 @@ class Decoder:
             raise DcxError("batch size and decode threads must be at least 1")
         try:  # here, with advice, not mid-run
             import_dali()
-        except ImportError:
-            raise DcxError("DALI is not installed: pip install nvidia-dali-cuda130") from None
+        except ImportError as exc:  # not installed, or a broken install: say which
+            raise DcxError(f"DALI is not installed: pip install nvidia-dali-cuda130 ({exc})") from None
         self.preprocess, self.device = preprocess, device
         self.num_threads = num_threads
         self.dali_batch = batch_size if device == "gpu" else min(batch_size, CPU_DALI_BATCH)
