@@ -3,10 +3,11 @@
 Importing DALI 2.4 generates a Python class and an ``fn`` function for each of its ~180 public
 operators, and for each a ``__signature__`` (``nvidia.dali.ops._signatures._call_signature``,
 which parses every argument's default with ``ast.literal_eval``) and docstrings
-(``nvidia.dali.ops._docs``): 0.23 of the import's 0.35 CPU-s under a profiler, about 0.12 s of
-0.23 without one. They serve ``help()`` and IDEs, never a pipeline, yet the import holds the
-GIL and comes before the first image is decoded: on 2 CPU cores the first scores of a 300-file
-run came 0.2 s sooner without them (benchmarks/README.md, session 14).
+(``nvidia.dali.ops._docs``): under cProfile 0.21 and 0.10 of the import's 0.40 s; without a
+profiler the import costs 0.23 CPU-s with them and 0.09-0.12 without. They serve ``help()`` and
+IDEs, never a pipeline, yet the import holds the GIL and comes before the first image is
+decoded: on 2 CPU cores the first scores of a 300-file run came 0.24 s sooner without them
+(benchmarks/README.md, session 14).
 
 While DALI imports, those three generators return nothing (the functions keep their plain
 ``(*inputs, **kwargs)`` signatures and empty docstrings); the real generators are put back
