@@ -38,12 +38,8 @@ from .base import Backend
 __all__ = ["Backend", "open_backend", "read_engine_card", "BACKEND_BY_SUFFIX", "CPU_BATCH_SIZE"]
 
 BACKEND_BY_SUFFIX = {".plan": "tensorrt", ".engine": "tensorrt", ".onnx": "onnxruntime", ".pt": "pytorch"}
-#: The batch dcx-infer sends on a CPU unless told otherwise (and dcx-export verifies with): one
-#: DALI run of the CPU decoder. OpenVINO costs the same per image at 8 as at 16 (resnet18 INT8
-#: 9.6-10.1 against 9.5 CPU-ms, densenet121 51-54 against 52-53), and the smaller batch halves
-#: what a run waits before its first inference and after its last decode: resnet18 over 300
-#: files 3.51 s against 3.79 (medians of 6 rounds; benchmarks/README.md, session 14).
-CPU_BATCH_SIZE = 8
+#: The batch dcx-infer sends on a CPU unless told otherwise (and dcx-export verifies with).
+CPU_BATCH_SIZE = 16
 
 
 def open_backend(path: str | os.PathLike, *, device: str = "auto", threads: int | None = None,
