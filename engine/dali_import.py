@@ -16,6 +16,7 @@ no longer have these names imports the ordinary way: only what exists is stubbed
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.machinery
 import sys
@@ -28,19 +29,23 @@ GENERATORS = {
 
 
 def import_dali():
-    """``nvidia.dali``, imported without operator signatures and docstrings if it was not yet."""
-    if "nvidia.dali" in sys.modules:  # imported, or importing in another thread: this waits for it
+    """``nvidia.dali``, imported without operator signatures and docstrings if it was not yet
+    (imported, or importing in another thread: then the import only waits for it)."""
+    with contextlib.nullcontext() if "nvidia.dali" in sys.modules else _stubbed_generators():
         import nvidia.dali
+    return nvidia.dali
 
-        return nvidia.dali
+
+@contextlib.contextmanager
+def _stubbed_generators():
+    """:data:`GENERATORS` stubbed in the modules imported meanwhile, put back on leaving."""
     finder = _StubbingFinder()
     sys.meta_path.insert(0, finder)
     try:
-        import nvidia.dali
+        yield
     finally:
         sys.meta_path.remove(finder)
         finder.restore()
-    return nvidia.dali
 
 
 def stub_generators(module, stubs: dict) -> dict:

@@ -36,15 +36,15 @@ from dcx.core import drift, metrics
 from dcx.core.card import ModelCard
 from dcx.core.checkpoint import load_checkpoint, save_checkpoint
 from dcx.core.devices import torch_device
+from dcx.core.errors import DcxError
+from dcx.core.files import usable_cores, write_json
+from dcx.core.models import create_model
 from dcx.core.progress import Progress
 
 from .config import TrainConfig, default_workers
 from .data import (SPLITS, Sample, check_trainable, class_counts, data_fingerprint, inverse_frequency_weights,
                    read_samples, split_samples, write_manifest)
 from .loading import EpochSampler, ImageDataset, collate_skipping
-from dcx.core.errors import DcxError
-from dcx.core.files import usable_cores, write_json
-from dcx.core.models import create_model
 from .ood import fit_ood
 from .presets import EvalPreset, TrainPreset
 
